@@ -1,0 +1,33 @@
+# The two commands a user needs: `make run` and `make test`. Everything else is a helper.
+BUILD_DIR ?= build
+JOBS ?= $(shell nproc)
+DATA_DIR ?= ./dumont-data
+LISTEN ?= 127.0.0.1:8765
+
+.PHONY: all setup configure build test run clean format
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+$(BUILD_DIR)/build.ninja:
+	@bash scripts/setup.sh
+	cmake -S . -B $(BUILD_DIR) -G Ninja
+
+configure: setup $(BUILD_DIR)/build.ninja
+
+build: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 600
+
+run: build
+	$(BUILD_DIR)/bin/dumontd --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+clean:
+	rm -rf $(BUILD_DIR)
+
+format:
+	find src app tests -name '*.cc' -o -name '*.h' | xargs clang-format -i

@@ -1,0 +1,257 @@
+#include "api/app.h"
+
+#include <filesystem>
+
+#include <dumont/version.h>
+
+namespace dumont::api {
+namespace {
+
+using http::Auth;
+using http::Context;
+using http::Field;
+using http::JsonResponse;
+using http::JsonType;
+using http::Response;
+using http::RouteSpec;
+using nlohmann::json;
+
+json UserJson(const store::User& u) {
+  return {{"id", u.id}, {"email", u.email}, {"role", u.role}, {"created_at", u.created_at}};
+}
+
+json KeyJson(const store::ApiKey& k) {
+  json j = {{"id", k.id}, {"name", k.name}, {"prefix", k.prefix}, {"created_at", k.created_at},
+            {"last_used_at", nullptr}};
+  if (k.last_used_at) j["last_used_at"] = *k.last_used_at;
+  return j;
+}
+
+json TokensJson(const auth::Tokens& t) {
+  return {{"access_token", t.access_token}, {"refresh_token", t.refresh_token},
+          {"token_type", "bearer"},         {"expires_in", t.expires_in}};
+}
+
+class BearerAuthenticator final : public http::Authenticator {
+ public:
+  explicit BearerAuthenticator(auth::AuthService& auth) : auth_(auth) {}
+  Result<http::Principal> Authenticate(const http::Request& req) override {
+    std::string token;
+    if (auto h = req.headers.Get("authorization")) {
+      std::string_view v(*h);
+      if (v.size() > 7 && (v.substr(0, 7) == "Bearer " || v.substr(0, 7) == "bearer ")) {
+        token = std::string(v.substr(7));
+      } else {
+        return Err(Status::Unauthenticated("the Authorization header must be 'Bearer <token>'"));
+      }
+    } else if (auto k = req.headers.Get("x-api-key")) {
+      token = *k;
+    } else {
+      return Err(Status::Unauthenticated(
+          "missing credentials: send 'Authorization: Bearer <token>' (get one with POST /api/v1/auth/login) "
+          "or an API key"));
+    }
+    auto id = auth_.Authenticate(token);
+    if (!id) return Err(id.error());
+    return http::Principal{id->user_id, id->email, id->role, id->session_id, id->api_key_id};
+  }
+
+ private:
+  auth::AuthService& auth_;
+};
+
+auth::Identity ToIdentity(const http::Principal& p) {
+  return auth::Identity{p.user_id, p.email, p.role, p.session_id, p.api_key_id};
+}
+
+}  // namespace
+
+App::App(const Config& cfg, const Clock& clock, Logger* logger)
+    : cfg_(cfg), clock_(clock), logger_(logger), start_time_(clock.NowUnixMillis() / 1000.0) {}
+
+App::~App() = default;
+
+Result<std::unique_ptr<App>> App::Create(const Config& cfg, const Clock& clock, Logger* logger) {
+  std::unique_ptr<App> app(new App(cfg, clock, logger));
+  std::error_code ec;
+  std::filesystem::create_directories(cfg.data_dir, ec);
+  if (ec) return Err(Status::IOError("cannot create data directory " + cfg.data_dir + ": " + ec.message()));
+  std::filesystem::permissions(cfg.data_dir, std::filesystem::perms::owner_all,
+                               std::filesystem::perm_options::replace, ec);
+
+  auto store = store::OpenStore(cfg.DatabaseUrl(), clock.NowUnix());
+  if (!store) return Err(store.error().Annotate("opening database " + store::RedactUrl(cfg.DatabaseUrl())));
+  app->store_ = std::move(*store);
+
+  auto key = auth::LoadOrCreateSigningKey((std::filesystem::path(cfg.data_dir) / "jwt-signing.key").string());
+  if (!key) return Err(key.error());
+  auth::AuthOptions opts;
+  opts.access_ttl_s = cfg.auth_access_ttl_s;
+  opts.refresh_ttl_s = cfg.auth_refresh_ttl_s;
+  opts.allow_signup = cfg.auth_allow_signup;
+  opts.max_failures_per_account = static_cast<int>(cfg.auth_login_max_failures_per_account);
+  opts.max_failures_per_address = static_cast<int>(cfg.auth_login_max_failures_per_address);
+  opts.window_s = cfg.auth_login_window_s;
+  auth::ParseHashCost(cfg.auth_password_hash, &opts.hash_cost);
+  app->auth_ = std::make_unique<auth::AuthService>(*app->store_, clock, std::move(*key), opts);
+
+  app->metrics_ = std::make_unique<http::Metrics>(DUMONT_VERSION, DUMONT_GIT_COMMIT, app->start_time_);
+  app->authenticator_ = std::make_unique<BearerAuthenticator>(*app->auth_);
+  app->router_ = std::make_unique<http::Router>(app->metrics_.get(), logger);
+  app->router_->SetAuthenticator(app->authenticator_.get());
+  app->RegisterRoutes();
+  return app;
+}
+
+void App::RegisterRoutes() {
+  RegisterSystemRoutes();
+  RegisterAuthRoutes();
+}
+
+void App::RegisterSystemRoutes() {
+  router_->Add(RouteSpec{.method = "GET", .path = "/health", .summary = "Process and database health",
+                         .tag = "system", .auth = Auth::kNone,
+                         .response_description = "healthy (503 when the database is unreachable)"},
+               [this](Context&) -> Result<Response> {
+                 Status db = store_->Ping();
+                 auto version = store_->SchemaVersion();
+                 json j = {{"status", db.ok() ? "ok" : "degraded"},
+                           {"version", DUMONT_VERSION},
+                           {"commit", DUMONT_GIT_COMMIT},
+                           {"uptime_s", clock_.NowUnixMillis() / 1000.0 - start_time_},
+                           {"database",
+                            {{"backend", store_->Backend()},
+                             {"status", db.ok() ? "ok" : "unreachable"},
+                             {"schema_version", version ? *version : 0}}}};
+                 if (!db.ok()) j["database"]["error"] = db.message();
+                 return JsonResponse(db.ok() ? 200 : 503, j);
+               });
+  router_->Add(RouteSpec{.method = "GET", .path = "/metrics", .summary = "Prometheus metrics",
+                         .tag = "system", .auth = Auth::kNone,
+                         .produces = "text/plain; version=0.0.4"},
+               [this](Context&) -> Result<Response> {
+                 return Response::Text(200, metrics_->Render(), "text/plain; version=0.0.4; charset=utf-8");
+               });
+  router_->Add(RouteSpec{.method = "GET", .path = "/api/v1/openapi.json",
+                         .summary = "OpenAPI 3 description of every route", .tag = "system",
+                         .auth = Auth::kNone},
+               [this](Context&) -> Result<Response> {
+                 return JsonResponse(200, http::OpenApiDocument(*router_, DUMONT_VERSION));
+               });
+  router_->Add(RouteSpec{.method = "GET", .path = "/docs", .summary = "API reference page",
+                         .tag = "system", .auth = Auth::kNone, .produces = "text/html"},
+               [](Context&) -> Result<Response> {
+                 return Response::Text(200, DocsPageHtml(), "text/html; charset=utf-8");
+               });
+}
+
+void App::RegisterAuthRoutes() {
+  const std::vector<Field> credentials = {
+      {"email", JsonType::kString, true, "account email"},
+      {"password", JsonType::kString, true, "at least 10 characters"}};
+
+  router_->Add(RouteSpec{.method = "POST", .path = "/api/v1/auth/register", .summary = "Create an account",
+                         .tag = "auth", .auth = Auth::kNone, .body = credentials, .success_status = 201,
+                         .response_description = "the new user"},
+               [this](Context& c) -> Result<Response> {
+                 if (!auth_->options().allow_signup) {
+                   return Err(Status::PermissionDenied("sign-up is disabled on this server; ask an admin"));
+                 }
+                 auto u = auth_->Register(c.body["email"].get<std::string>(), c.body["password"].get<std::string>());
+                 if (!u) return Err(u.error());
+                 return JsonResponse(201, {{"user", UserJson(*u)}});
+               });
+  router_->Add(RouteSpec{.method = "POST", .path = "/api/v1/auth/login", .summary = "Log in: access and refresh tokens",
+                         .tag = "auth", .auth = Auth::kNone, .body = credentials,
+                         .response_description = "{access_token, refresh_token, token_type, expires_in, user}"},
+               [this](Context& c) -> Result<Response> {
+                 auto t = auth_->Login(c.body["email"].get<std::string>(), c.body["password"].get<std::string>(),
+                                       c.request.client_address);
+                 if (!t) return Err(t.error());
+                 json j = TokensJson(*t);
+                 return JsonResponse(200, j);
+               });
+  router_->Add(RouteSpec{.method = "POST", .path = "/api/v1/auth/refresh",
+                         .summary = "Exchange a refresh token for new tokens (rotation; reuse revokes the session)",
+                         .tag = "auth", .auth = Auth::kNone,
+                         .body = {{"refresh_token", JsonType::kString, true, "from login or the last refresh"}}},
+               [this](Context& c) -> Result<Response> {
+                 auto t = auth_->Refresh(c.body["refresh_token"].get<std::string>());
+                 if (!t) return Err(t.error());
+                 return JsonResponse(200, TokensJson(*t));
+               });
+  // Logging out only ends the caller's own session, so readonly users may do it too.
+  router_->Add(RouteSpec{.method = "POST", .path = "/api/v1/auth/logout", .summary = "End the current session",
+                         .tag = "auth", .auth = Auth::kUser,
+                         .body = {{"refresh_token", JsonType::kString, false, "also end this token's session"}}},
+               [this](Context& c) -> Result<Response> {
+                 std::optional<std::string> rt;
+                 if (c.body.contains("refresh_token")) rt = c.body["refresh_token"].get<std::string>();
+                 DUMONT_RETURN_IF_ERROR(auth_->Logout(ToIdentity(*c.principal), rt));
+                 return JsonResponse(200, {{"logged_out", true}});
+               });
+  router_->Add(RouteSpec{.method = "GET", .path = "/api/v1/auth/me", .summary = "The current user",
+                         .tag = "auth", .auth = Auth::kUser},
+               [this](Context& c) -> Result<Response> {
+                 auto u = store_->GetUser(c.principal->user_id);
+                 if (!u) return Err(u.error());
+                 json j = {{"user", UserJson(*u)}, {"auth", c.principal->api_key_id.empty() ? "token" : "api_key"}};
+                 return JsonResponse(200, j);
+               });
+  router_->Add(RouteSpec{.method = "POST", .path = "/api/v1/auth/password", .summary = "Change your password (ends every session)",
+                         .tag = "auth", .auth = Auth::kUser, .mutation = true,
+                         .body = {{"current_password", JsonType::kString, true, ""},
+                                  {"new_password", JsonType::kString, true, "at least 10 characters"}}},
+               [this](Context& c) -> Result<Response> {
+                 DUMONT_RETURN_IF_ERROR(auth_->ChangePassword(c.principal->user_id,
+                                                              c.body["current_password"].get<std::string>(),
+                                                              c.body["new_password"].get<std::string>()));
+                 return JsonResponse(200, {{"changed", true}});
+               });
+  router_->Add(RouteSpec{.method = "GET", .path = "/api/v1/auth/api-keys", .summary = "Your active API keys",
+                         .tag = "auth", .auth = Auth::kUser},
+               [this](Context& c) -> Result<Response> {
+                 auto keys = auth_->ListApiKeys(c.principal->user_id);
+                 if (!keys) return Err(keys.error());
+                 json arr = json::array();
+                 for (const auto& k : *keys) arr.push_back(KeyJson(k));
+                 return JsonResponse(200, {{"api_keys", arr}});
+               });
+  router_->Add(RouteSpec{.method = "POST", .path = "/api/v1/auth/api-keys",
+                         .summary = "Create an API key (the secret is shown only in this response)", .tag = "auth",
+                         .auth = Auth::kUser, .mutation = true,
+                         .body = {{"name", JsonType::kString, true, "what the key is for"}}, .success_status = 201},
+               [this](Context& c) -> Result<Response> {
+                 auto r = auth_->CreateApiKey(c.principal->user_id, c.body["name"].get<std::string>());
+                 if (!r) return Err(r.error());
+                 json j = KeyJson(r->first);
+                 j["key"] = r->second;
+                 return JsonResponse(201, {{"api_key", j}});
+               });
+  router_->Add(RouteSpec{.method = "DELETE", .path = "/api/v1/auth/api-keys/{id}", .summary = "Revoke an API key",
+                         .tag = "auth", .auth = Auth::kUser, .mutation = true, .owned_resource = "api_key"},
+               [this](Context& c) -> Result<Response> {
+                 DUMONT_RETURN_IF_ERROR(auth_->RevokeApiKey(c.principal->user_id, c.params["id"]));
+                 return JsonResponse(200, {{"revoked", c.params["id"]}});
+               });
+  router_->Add(RouteSpec{.method = "GET", .path = "/api/v1/admin/users", .summary = "Every account (admin)",
+                         .tag = "admin", .auth = Auth::kAdmin},
+               [this](Context&) -> Result<Response> {
+                 auto users = store_->ListUsers();
+                 if (!users) return Err(users.error());
+                 json arr = json::array();
+                 for (const auto& u : *users) arr.push_back(UserJson(u));
+                 return JsonResponse(200, {{"users", arr}});
+               });
+  router_->Add(RouteSpec{.method = "PATCH", .path = "/api/v1/admin/users/{id}", .summary = "Change a user's role (admin)",
+                         .tag = "admin", .auth = Auth::kAdmin, .mutation = true,
+                         .body = {{"role", JsonType::kString, true, "admin | user | readonly"}}},
+               [this](Context& c) -> Result<Response> {
+                 DUMONT_RETURN_IF_ERROR(auth_->SetRole(c.params["id"], c.body["role"].get<std::string>()));
+                 auto u = store_->GetUser(c.params["id"]);
+                 if (!u) return Err(u.error());
+                 return JsonResponse(200, {{"user", UserJson(*u)}});
+               });
+}
+
+}  // namespace dumont::api

@@ -1,0 +1,71 @@
+// dumontd configuration. Sources, highest precedence first:
+//   1. command-line flags (--listen, --data-dir, --db, --config, --set key=value)
+//   2. environment variables DUMONT_<KEY> (dots become underscores, upper case:
+//      http.body_limit_bytes -> DUMONT_HTTP_BODY_LIMIT_BYTES)
+//   3. the TOML file (--config FILE, else DUMONT_CONFIG, else <data-dir>/dumont.toml if it exists)
+//   4. built-in defaults
+// Every key is described once in Config::Keys(); help text and docs are generated from it.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace dumont {
+
+struct Config {
+  std::string data_dir = "./dumont-data";
+  std::string listen = "127.0.0.1:8765";
+  std::string db;  // empty = sqlite:///<data_dir>/dumont.db
+  std::string log_level = "info";
+  std::string log_format = "text";
+  int64_t http_body_limit_bytes = 1 << 20;
+  int64_t http_header_limit_bytes = 16 * 1024;
+  int64_t http_read_timeout_s = 30;
+  int64_t http_max_requests_per_connection = 1000;
+  int64_t http_threads = 0;  // 0 = max(4, 2 * cores)
+  int64_t auth_access_ttl_s = 24 * 3600;
+  int64_t auth_refresh_ttl_s = 30 * 24 * 3600;
+  bool auth_allow_signup = true;
+  int64_t auth_login_max_failures_per_account = 5;
+  int64_t auth_login_max_failures_per_address = 20;
+  int64_t auth_login_window_s = 15 * 60;
+  std::string auth_password_hash = "interactive";  // interactive | moderate | fast (tests only)
+
+  std::string DatabaseUrl() const;  // db, or the SQLite default under data_dir
+
+  enum class Type { kString, kInt, kBool };
+  struct Key {
+    std::string name;  // dotted, as in TOML: "http.body_limit_bytes"
+    Type type;
+    std::string help;
+  };
+  static const std::vector<Key>& Keys();
+  static std::string EnvName(const std::string& key);
+
+  // Sets one key from text; errors name the key and the expected type.
+  Status Set(const std::string& key, const std::string& value);
+  std::string Get(const std::string& key) const;
+  Status Validate() const;
+};
+
+struct ConfigSources {
+  std::optional<std::string> toml_path;  // explicit --config: must exist
+  std::map<std::string, std::string> env;   // usually the process environment
+  std::map<std::string, std::string> flags; // key -> value, already named by key
+};
+
+// Applies defaults < TOML < env < flags. The TOML file at <data_dir>/dumont.toml is read when no
+// explicit path is given and it exists (data_dir itself resolved from flags/env first).
+Result<Config> LoadConfig(const ConfigSources& sources);
+
+// Text for --help: precedence and every key with its env name and default.
+std::string ConfigHelp();
+
+std::map<std::string, std::string> ProcessEnvironment();
+
+}  // namespace dumont

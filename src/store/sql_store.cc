@@ -1,0 +1,238 @@
+#include <utility>
+
+#include "store/store.h"
+
+namespace dumont::store {
+namespace {
+
+Value Opt(const std::optional<int64_t>& v) {
+  return v ? Value(*v) : Value(nullptr);
+}
+std::optional<int64_t> OptInt(const Row& r, size_t i) {
+  if (r.IsNull(i)) return std::nullopt;
+  return r.Int(i);
+}
+
+constexpr const char* kUserCols = "id, email, password_hash, role, created_at";
+User ToUser(const Row& r) { return User{r.Str(0), r.Str(1), r.Str(2), r.Str(3), r.Int(4)}; }
+
+constexpr const char* kSessionCols = "id, user_id, created_at, expires_at, revoked_at, revoke_reason";
+Session ToSession(const Row& r) {
+  return Session{r.Str(0), r.Str(1), r.Int(2), r.Int(3), OptInt(r, 4), r.Str(5)};
+}
+
+constexpr const char* kTokenCols = "token_hash, session_id, user_id, issued_at, expires_at, used_at";
+RefreshToken ToToken(const Row& r) {
+  return RefreshToken{r.Str(0), r.Str(1), r.Str(2), r.Int(3), r.Int(4), OptInt(r, 5)};
+}
+
+constexpr const char* kKeyCols =
+    "id, user_id, name, prefix, key_hash, created_at, last_used_at, revoked_at";
+ApiKey ToKey(const Row& r) {
+  return ApiKey{r.Str(0), r.Str(1), r.Str(2), r.Str(3), r.Str(4), r.Int(5), OptInt(r, 6), OptInt(r, 7)};
+}
+
+Status InsertToken(Conn& c, const RefreshToken& t) {
+  auto r = c.Exec(std::string("INSERT INTO refresh_tokens (") + kTokenCols + ") VALUES (?, ?, ?, ?, ?, ?)",
+                  {t.token_hash, t.session_id, t.user_id, t.issued_at, t.expires_at, Opt(t.used_at)});
+  return r ? Status::Ok() : r.error();
+}
+
+class SqlStore final : public Store {
+ public:
+  explicit SqlStore(std::unique_ptr<Db> db) : db_(std::move(db)) {}
+
+  std::string Backend() const override { return db_->Backend(); }
+  Status Ping() override { return db_->Ping(); }
+
+  Result<int64_t> SchemaVersion() override {
+    auto rows = db_->Query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations");
+    if (!rows) return Err(rows.error());
+    return rows->at(0).Int(0);
+  }
+
+  Status Migrate(int64_t now) {
+    DUMONT_RETURN_STATUS_IF_ERROR(db_->ExecScript(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, "
+        "applied_at BIGINT NOT NULL)"));
+    auto current = SchemaVersion();
+    if (!current) return current.error();
+    if (*current > LatestSchemaVersion()) {
+      return Status::FailedPrecondition(
+          "the database schema is at version " + std::to_string(*current) +
+          ", newer than this dumontd understands (" + std::to_string(LatestSchemaVersion()) +
+          "); run a newer dumontd or restore a backup from before the upgrade");
+    }
+    for (const auto& m : Migrations()) {
+      if (m.version <= *current) continue;
+      Status st = db_->Transaction([&](Conn& c) -> Status {
+        DUMONT_RETURN_STATUS_IF_ERROR(c.ExecScript(m.sql));
+        auto r = c.Exec("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                        {m.version, m.name, now});
+        return r ? Status::Ok() : r.error();
+      });
+      if (!st.ok()) return st.Annotate("applying migration " + std::to_string(m.version) + " (" + m.name + ")");
+    }
+    return Status::Ok();
+  }
+
+  Status CreateUser(const User& u) override {
+    auto r = db_->Exec(std::string("INSERT INTO users (") + kUserCols + ") VALUES (?, ?, ?, ?, ?)",
+                       {u.id, u.email, u.password_hash, u.role, u.created_at});
+    if (!r) {
+      if (r.error().code() == Code::kAlreadyExists) {
+        return Status::AlreadyExists("an account with email " + u.email + " already exists");
+      }
+      return r.error();
+    }
+    return Status::Ok();
+  }
+
+  Result<User> GetUser(const std::string& id) override {
+    return One<User>(std::string("SELECT ") + kUserCols + " FROM users WHERE id = ?", {id}, ToUser,
+                     "user " + id + " not found");
+  }
+  Result<User> GetUserByEmail(const std::string& email) override {
+    return One<User>(std::string("SELECT ") + kUserCols + " FROM users WHERE email = ?", {email}, ToUser,
+                     "no account with email " + email);
+  }
+  Result<std::vector<User>> ListUsers() override {
+    return Many<User>(std::string("SELECT ") + kUserCols + " FROM users ORDER BY created_at, id", {}, ToUser);
+  }
+  Result<int64_t> CountUsers() override {
+    auto rows = db_->Query("SELECT COUNT(*) FROM users");
+    if (!rows) return Err(rows.error());
+    return rows->at(0).Int(0);
+  }
+  Status SetUserRole(const std::string& id, const std::string& role) override {
+    return ExpectOne(db_->Exec("UPDATE users SET role = ? WHERE id = ?", {role, id}), "user " + id + " not found");
+  }
+  Status SetUserPassword(const std::string& id, const std::string& hash) override {
+    return ExpectOne(db_->Exec("UPDATE users SET password_hash = ? WHERE id = ?", {hash, id}),
+                     "user " + id + " not found");
+  }
+
+  Status CreateSession(const Session& s, const RefreshToken& first) override {
+    return db_->Transaction([&](Conn& c) -> Status {
+      auto r = c.Exec(std::string("INSERT INTO sessions (") + kSessionCols + ") VALUES (?, ?, ?, ?, ?, ?)",
+                      {s.id, s.user_id, s.created_at, s.expires_at, Opt(s.revoked_at), s.revoke_reason});
+      if (!r) return r.error();
+      return InsertToken(c, first);
+    });
+  }
+  Result<Session> GetSession(const std::string& id) override {
+    return One<Session>(std::string("SELECT ") + kSessionCols + " FROM sessions WHERE id = ?", {id},
+                        ToSession, "session not found");
+  }
+  Status RevokeSession(const std::string& id, const std::string& reason, int64_t now) override {
+    auto r = db_->Exec("UPDATE sessions SET revoked_at = ?, revoke_reason = ? WHERE id = ? AND revoked_at IS NULL",
+                       {now, reason, id});
+    return r ? Status::Ok() : r.error();
+  }
+  Status RevokeUserSessions(const std::string& user_id, const std::string& reason, int64_t now) override {
+    auto r = db_->Exec(
+        "UPDATE sessions SET revoked_at = ?, revoke_reason = ? WHERE user_id = ? AND revoked_at IS NULL",
+        {now, reason, user_id});
+    return r ? Status::Ok() : r.error();
+  }
+  Result<RefreshToken> GetRefreshToken(const std::string& token_hash) override {
+    return One<RefreshToken>(std::string("SELECT ") + kTokenCols + " FROM refresh_tokens WHERE token_hash = ?",
+                             {token_hash}, ToToken, "refresh token not found");
+  }
+  Result<bool> RotateRefreshToken(const std::string& old_hash, const RefreshToken& next,
+                                  int64_t now) override {
+    bool rotated = false;
+    Status st = db_->Transaction([&](Conn& c) -> Status {
+      auto r = c.Exec("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+                      {now, old_hash});
+      if (!r) return r.error();
+      if (*r != 1) return Status::Ok();
+      rotated = true;
+      return InsertToken(c, next);
+    });
+    if (!st.ok()) return Err(st);
+    return rotated;
+  }
+
+  Status CreateApiKey(const ApiKey& k) override {
+    auto r = db_->Exec(std::string("INSERT INTO api_keys (") + kKeyCols + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       {k.id, k.user_id, k.name, k.prefix, k.key_hash, k.created_at, Opt(k.last_used_at),
+                        Opt(k.revoked_at)});
+    return r ? Status::Ok() : r.error();
+  }
+  Result<std::vector<ApiKey>> ListApiKeys(const std::string& user_id) override {
+    return Many<ApiKey>(std::string("SELECT ") + kKeyCols +
+                            " FROM api_keys WHERE user_id = ? AND revoked_at IS NULL ORDER BY created_at, id",
+                        {user_id}, ToKey);
+  }
+  Result<ApiKey> GetApiKeyByHash(const std::string& key_hash) override {
+    return One<ApiKey>(std::string("SELECT ") + kKeyCols + " FROM api_keys WHERE key_hash = ?", {key_hash},
+                       ToKey, "API key not found");
+  }
+  Status RevokeApiKey(const std::string& id, const std::string& user_id, int64_t now) override {
+    return ExpectOne(db_->Exec("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+                               {now, id, user_id}),
+                     "API key " + id + " not found");
+  }
+  Status TouchApiKey(const std::string& id, int64_t now) override {
+    auto r = db_->Exec("UPDATE api_keys SET last_used_at = ? WHERE id = ?", {now, id});
+    return r ? Status::Ok() : r.error();
+  }
+
+  Result<std::optional<std::string>> GetMeta(const std::string& key) override {
+    auto rows = db_->Query("SELECT value FROM meta WHERE key = ?", {key});
+    if (!rows) return Err(rows.error());
+    if (rows->empty()) return std::optional<std::string>();
+    return std::optional<std::string>(rows->at(0).Str(0));
+  }
+  Status SetMeta(const std::string& key, const std::string& value) override {
+    return db_->Transaction([&](Conn& c) -> Status {
+      auto r = c.Exec("UPDATE meta SET value = ? WHERE key = ?", {value, key});
+      if (!r) return r.error();
+      if (*r == 1) return Status::Ok();
+      auto ins = c.Exec("INSERT INTO meta (key, value) VALUES (?, ?)", {key, value});
+      return ins ? Status::Ok() : ins.error();
+    });
+  }
+
+ private:
+  template <typename T, typename F>
+  Result<T> One(const std::string& sql, const std::vector<Value>& params, F convert, const std::string& missing) {
+    auto rows = db_->Query(sql, params);
+    if (!rows) return Err(rows.error());
+    if (rows->empty()) return Err(Status::NotFound(missing));
+    return convert(rows->front());
+  }
+  template <typename T, typename F>
+  Result<std::vector<T>> Many(const std::string& sql, const std::vector<Value>& params, F convert) {
+    auto rows = db_->Query(sql, params);
+    if (!rows) return Err(rows.error());
+    std::vector<T> out;
+    out.reserve(rows->size());
+    for (const auto& r : *rows) out.push_back(convert(r));
+    return out;
+  }
+  static Status ExpectOne(const Result<int64_t>& r, const std::string& missing) {
+    if (!r) return r.error();
+    if (*r == 0) return Status::NotFound(missing);
+    return Status::Ok();
+  }
+
+  std::unique_ptr<Db> db_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> OpenStoreOnDb(std::unique_ptr<Db> db, int64_t now_unix) {
+  auto store = std::make_unique<SqlStore>(std::move(db));
+  DUMONT_RETURN_IF_ERROR(store->Migrate(now_unix));
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+Result<std::unique_ptr<Store>> OpenStore(const std::string& url, int64_t now_unix) {
+  auto db = OpenDb(url);
+  if (!db) return Err(db.error());
+  return OpenStoreOnDb(std::move(*db), now_unix);
+}
+
+}  // namespace dumont::store

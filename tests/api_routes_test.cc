@@ -1,0 +1,298 @@
+// Walks every route in the router with the abuse a public API gets: no token, other users' tokens,
+// readonly tokens, tampered/expired/alg-none JWTs, malformed JSON, wrong types, missing and unknown
+// fields, oversized bodies. The route table is the source, so a new route is covered the day it lands
+// (an owned route without a creator below fails the test).
+#include <fstream>
+#include <functional>
+#include <map>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "auth/crypto.h"
+#include "common/random.h"
+#include "test_util.h"
+
+namespace dumont {
+namespace {
+
+using nlohmann::json;
+using testing::TestServer;
+
+class Api : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    cfg_ = testing::TestConfig(dir_.path());
+    server_ = std::make_unique<TestServer>(cfg_, clock_);
+    auto admin = server_->app().auth().EnsureInitialAdmin();
+    ASSERT_TRUE(admin && admin->has_value());
+    admin_ = Login((*admin)->first, (*admin)->second);
+    alice_ = RegisterAndLogin("alice@example.com");
+    bob_ = RegisterAndLogin("bob@example.com");
+    reader_ = RegisterAndLogin("reader@example.com");
+    auto me = Json(server_->Call("GET", "/api/v1/auth/me", "", reader_));
+    auto r = server_->Call("PATCH", "/api/v1/admin/users/" + me["user"]["id"].get<std::string>(),
+                           R"({"role":"readonly"})", admin_);
+    ASSERT_EQ(r.status, 200) << r.body;
+  }
+
+  static json Json(const http::ClientResponse& r) { return json::parse(r.body, nullptr, false); }
+
+  std::string Login(const std::string& email, const std::string& pw = "correct horse") {
+    auto r = server_->Call("POST", "/api/v1/auth/login", json{{"email", email}, {"password", pw}}.dump());
+    EXPECT_EQ(r.status, 200) << r.body;
+    return Json(r).value("access_token", "");
+  }
+  std::string RegisterAndLogin(const std::string& email) {
+    auto r = server_->Call("POST", "/api/v1/auth/register", json{{"email", email}, {"password", "correct horse"}}.dump());
+    EXPECT_EQ(r.status, 201) << r.body;
+    return Login(email);
+  }
+  std::string SigningKey() {
+    std::ifstream in(dir_ / "jwt-signing.key");
+    std::string hex, key;
+    std::getline(in, hex);
+    HexDecode(hex, &key);
+    return key;
+  }
+  void ExpectError(const http::ClientResponse& r, int status, const std::string& what,
+                   const std::string& field = "") {
+    EXPECT_EQ(r.status, status) << what << ": " << r.body;
+    json j = Json(r);
+    ASSERT_TRUE(j.is_object() && j.contains("error")) << what << ": " << r.body;
+    EXPECT_TRUE(j["error"]["code"].is_string()) << what;
+    EXPECT_FALSE(j["error"]["message"].get<std::string>().empty()) << what;
+    if (!field.empty()) {
+      EXPECT_EQ(j["error"].value("field", ""), field) << what << ": " << r.body;
+    }
+  }
+  void ExpectAlive() {
+    auto h = server_->Call("GET", "/health");
+    ASSERT_EQ(h.status, 200);
+  }
+
+  testing::TempDir dir_;
+  Config cfg_;
+  RealClock clock_;
+  std::unique_ptr<TestServer> server_;
+  std::string admin_, alice_, bob_, reader_;
+};
+
+json SampleValue(http::JsonType t) {
+  switch (t) {
+    case http::JsonType::kString: return "sample";
+    case http::JsonType::kInteger: return 1;
+    case http::JsonType::kNumber: return 1.5;
+    case http::JsonType::kBoolean: return true;
+    case http::JsonType::kObject: return json::object();
+    case http::JsonType::kArray: return json::array();
+  }
+  return nullptr;
+}
+json WrongValue(http::JsonType t) {
+  return t == http::JsonType::kString ? json(12345) : json("not-the-right-type");
+}
+
+TEST_F(Api, EveryRouteRejectsAbuseAndTheServerStaysUp) {
+  // Owned resources, created as alice; {id} of owned routes points at them.
+  std::map<std::string, std::function<std::string()>> creators = {
+      {"api_key", [&] {
+         auto r = server_->Call("POST", "/api/v1/auth/api-keys", R"({"name":"walk"})", alice_);
+         EXPECT_EQ(r.status, 201) << r.body;
+         return Json(r)["api_key"]["id"].get<std::string>();
+       }},
+  };
+  std::string key = SigningKey();
+  ASSERT_EQ(key.size(), 32u);
+  int64_t now = clock_.NowUnix();
+  auto alice_claims = auth::VerifyJwt(alice_, key, now);
+  ASSERT_TRUE(alice_claims);
+  json expired_claims = *alice_claims;
+  expired_claims["exp"] = now - 10;
+  const std::string expired = auth::SignJwt(expired_claims, key);
+  std::string tampered = alice_;
+  tampered[tampered.size() - 3] = tampered[tampered.size() - 3] == 'A' ? 'B' : 'A';
+  const std::string alg_none = Base64UrlEncode(R"({"alg":"none","typ":"JWT"})") + "." +
+                               Base64UrlEncode(alice_claims->dump()) + ".";
+  std::string forged_other_key = auth::SignJwt(*alice_claims, std::string(32, 'z'));
+
+  const std::string big(2 * 1024 * 1024, 'x');
+  int routes = 0;
+  for (const auto& route : server_->app().router().routes()) {
+    const auto& s = route.spec;
+    ++routes;
+    SCOPED_TRACE(s.method + " " + s.path);
+    std::string path = s.path;
+    std::string owned_id;
+    if (!s.owned_resource.empty()) {
+      ASSERT_TRUE(creators.count(s.owned_resource)) << "no creator for owned resource " << s.owned_resource;
+      owned_id = creators[s.owned_resource]();
+    }
+    // Fill path parameters.
+    for (size_t b; (b = path.find('{')) != std::string::npos;) {
+      path.replace(b, path.find('}', b) - b + 1, owned_id.empty() ? "x_missing" : owned_id);
+    }
+
+    json valid = json::object();
+    for (const auto& f : s.body) valid[f.name] = SampleValue(f.type);
+    const std::string valid_body = s.body.empty() ? "" : valid.dump();
+
+    if (s.auth != http::Auth::kNone) {
+      ExpectError(server_->Call(s.method, path, valid_body), 401, "no token");
+      ExpectError(server_->Call(s.method, path, valid_body, tampered), 401, "tampered JWT");
+      ExpectError(server_->Call(s.method, path, valid_body, expired), 401, "expired JWT");
+      ExpectError(server_->Call(s.method, path, valid_body, alg_none), 401, "alg none");
+      ExpectError(server_->Call(s.method, path, valid_body, forged_other_key), 401, "JWT signed with another key");
+      ExpectError(server_->Call(s.method, path, valid_body, "dk_not_a_real_key"), 401, "unknown API key");
+      // The /api alias answers the same.
+      if (path.rfind("/api/v1/", 0) == 0) {
+        ExpectError(server_->Call(s.method, "/api/" + path.substr(8), valid_body), 401, "alias without token");
+      }
+    }
+    if (s.auth == http::Auth::kAdmin) {
+      ExpectError(server_->Call(s.method, path, valid_body, alice_), 403, "non-admin on admin route");
+    }
+    if (s.mutation) {
+      ExpectError(server_->Call(s.method, path, valid_body, reader_), 403, "readonly on mutation");
+    }
+    if (!s.owned_resource.empty()) {
+      ExpectError(server_->Call(s.method, path, valid_body, bob_), 404, "another user's resource");
+      ExpectError(server_->Call(s.method, path, valid_body, admin_), 404, "admin on another user's resource");
+    }
+    const std::string& good = s.auth == http::Auth::kAdmin ? admin_ : alice_;
+    const std::string token = s.auth == http::Auth::kNone ? "" : good;
+    if (!s.body.empty()) {
+      ExpectError(server_->Call(s.method, path, "{\"email\": ", token), 400, "malformed JSON");
+      ExpectError(server_->Call(s.method, path, "[1,2]", token), 400, "array body");
+      ExpectError(server_->Call(s.method, path, "\xff\xfe{}", token), 400, "invalid UTF-8");
+      for (const auto& f : s.body) {
+        json wrong = valid;
+        wrong[f.name] = WrongValue(f.type);
+        ExpectError(server_->Call(s.method, path, wrong.dump(), token), 400, "wrong type of " + f.name, f.name);
+        if (f.required) {
+          json missing = valid;
+          missing.erase(f.name);
+          ExpectError(server_->Call(s.method, path, missing.dump(), token), 400, "missing " + f.name, f.name);
+        }
+      }
+      json extra = valid;
+      extra["surprise"] = 1;
+      ExpectError(server_->Call(s.method, path, extra.dump(), token), 400, "unknown field", "surprise");
+    }
+    ExpectError(server_->Call(s.method, path, big, token), 413, "oversized body");
+    ExpectAlive();
+  }
+  EXPECT_GE(routes, 15);
+
+  // The owned resources survived other users' attempts.
+  auto keys = Json(server_->Call("GET", "/api/v1/auth/api-keys", "", alice_));
+  EXPECT_EQ(keys["api_keys"].size(), 1u) << keys.dump();
+}
+
+TEST_F(Api, UnknownRoutesAndMethods) {
+  ExpectError(server_->Call("GET", "/api/v1/nothing-here"), 404, "unknown route");
+  auto r = server_->Call("PUT", "/health");
+  EXPECT_EQ(r.status, 405);
+  EXPECT_NE(r.headers["allow"].find("GET"), std::string::npos);
+  ExpectError(server_->Call("GET", "/api/v1/%zz"), 400, "bad percent-encoding");
+}
+
+TEST_F(Api, OpenApiListsExactlyTheRouterRoutes) {
+  auto r = server_->Call("GET", "/api/v1/openapi.json");
+  ASSERT_EQ(r.status, 200);
+  json doc = Json(r);
+  EXPECT_EQ(doc["openapi"], "3.0.3");
+  size_t ops = 0;
+  for (const auto& [path, methods] : doc["paths"].items()) ops += methods.size();
+  EXPECT_EQ(ops, server_->app().router().routes().size());
+  for (const auto& route : server_->app().router().routes()) {
+    const auto& s = route.spec;
+    std::string m = s.method;
+    for (auto& c : m) c = static_cast<char>(std::tolower(c));
+    SCOPED_TRACE(s.method + " " + s.path);
+    ASSERT_TRUE(doc["paths"].contains(s.path));
+    ASSERT_TRUE(doc["paths"][s.path].contains(m));
+    const json& op = doc["paths"][s.path][m];
+    EXPECT_FALSE(op["summary"].get<std::string>().empty());
+    EXPECT_EQ(op["security"].empty(), s.auth == http::Auth::kNone);
+    EXPECT_TRUE(op["responses"].contains(std::to_string(s.success_status)));
+    if (s.body.empty()) {
+      EXPECT_FALSE(op.contains("requestBody"));
+    } else {
+      const json& props = op["requestBody"]["content"]["application/json"]["schema"]["properties"];
+      EXPECT_EQ(props.size(), s.body.size());
+      for (const auto& f : s.body) EXPECT_TRUE(props.contains(f.name)) << f.name;
+    }
+  }
+  auto docs = server_->Call("GET", "/docs");
+  EXPECT_EQ(docs.status, 200);
+  EXPECT_EQ(docs.headers["content-type"].rfind("text/html", 0), 0u);
+  EXPECT_NE(docs.body.find("/api/v1/openapi.json"), std::string::npos);
+}
+
+TEST_F(Api, AuthFlowOverHttp) {
+  // Register validation names the field.
+  ExpectError(server_->Call("POST", "/api/v1/auth/register", R"({"email":"nope","password":"correct horse"})"), 400,
+              "bad email", "email");
+  ExpectError(server_->Call("POST", "/api/v1/auth/register", R"({"email":"z@example.com","password":"short"})"), 400,
+              "short password", "password");
+  ExpectError(server_->Call("POST", "/api/v1/auth/register", R"({"email":"ALICE@example.com","password":"correct horse"})"),
+              409, "duplicate");
+
+  auto login = server_->Call("POST", "/api/v1/auth/login", R"({"email":"alice@example.com","password":"correct horse"})");
+  ASSERT_EQ(login.status, 200);
+  json t = Json(login);
+  EXPECT_EQ(t["token_type"], "bearer");
+  EXPECT_EQ(t["expires_in"], 24 * 3600);
+  EXPECT_FALSE(t["refresh_token"].get<std::string>().empty());
+
+  auto me = Json(server_->Call("GET", "/api/v1/auth/me", "", t["access_token"]));
+  EXPECT_EQ(me["user"]["email"], "alice@example.com");
+  EXPECT_FALSE(me["user"].contains("password_hash"));
+
+  auto refreshed = server_->Call("POST", "/api/v1/auth/refresh", json{{"refresh_token", t["refresh_token"]}}.dump());
+  ASSERT_EQ(refreshed.status, 200) << refreshed.body;
+  json t2 = Json(refreshed);
+  ExpectError(server_->Call("POST", "/api/v1/auth/refresh", json{{"refresh_token", t["refresh_token"]}}.dump()), 401,
+              "reused refresh token");
+  ExpectError(server_->Call("GET", "/api/v1/auth/me", "", t2["access_token"]), 401, "family revoked by reuse");
+
+  // API keys: secret shown once, works as a bearer, never listed.
+  auto created = server_->Call("POST", "/api/v1/auth/api-keys", R"({"name":"ci"})", alice_);
+  ASSERT_EQ(created.status, 201);
+  std::string secret = Json(created)["api_key"]["key"];
+  auto via_key = server_->Call("GET", "/api/v1/auth/me", "", secret);
+  ASSERT_EQ(via_key.status, 200);
+  EXPECT_EQ(Json(via_key)["auth"], "api_key");
+  auto listed = server_->Call("GET", "/api/v1/auth/api-keys", "", alice_);
+  EXPECT_EQ(listed.body.find(secret), std::string::npos);
+  // Readonly users cannot create keys but can read.
+  ExpectError(server_->Call("POST", "/api/v1/auth/api-keys", R"({"name":"x"})", reader_), 403, "readonly");
+  EXPECT_EQ(server_->Call("GET", "/api/v1/auth/me", "", reader_).status, 200);
+
+  // Logout ends the session.
+  std::string fresh = Login("bob@example.com");
+  EXPECT_EQ(server_->Call("POST", "/api/v1/auth/logout", "", fresh).status, 200);
+  ExpectError(server_->Call("GET", "/api/v1/auth/me", "", fresh), 401, "after logout");
+
+  // Throttling: 429 with Retry-After over HTTP.
+  http::ClientResponse last;
+  for (int i = 0; i < 6; ++i) {
+    last = server_->Call("POST", "/api/v1/auth/login", R"({"email":"bob@example.com","password":"wrong password"})");
+  }
+  ExpectError(last, 429, "throttled");
+  EXPECT_GT(std::stoi(last.headers["retry-after"]), 0);
+}
+
+TEST_F(Api, MetricsCountRequestsByRouteAndCode) {
+  server_->Call("GET", "/api/v1/auth/me");
+  auto m = server_->Call("GET", "/metrics");
+  ASSERT_EQ(m.status, 200);
+  EXPECT_NE(m.body.find("dumont_http_requests_total{method=\"GET\",route=\"/api/v1/auth/me\",code=\"401\"}"),
+            std::string::npos);
+  EXPECT_NE(m.body.find("dumont_http_request_duration_seconds_bucket"), std::string::npos);
+  EXPECT_NE(m.body.find("dumont_build_info{"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dumont

@@ -1,0 +1,188 @@
+// One suite, every Store backend: SQLite (temp file) and PostgreSQL (private server from
+// pg_harness.sh, fresh database per test).
+#include <gtest/gtest.h>
+#include <thread>
+
+#include "store/store.h"
+#include "test_util.h"
+
+namespace dumont::store {
+namespace {
+
+class StoreConformance : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == "sqlite") {
+      url_ = "sqlite://" + dir_ / "dumont.db";
+    } else {
+      if (!std::getenv("DUMONT_TEST_PG_STATE")) GTEST_SKIP() << "run through ctest to get the PostgreSQL fixture";
+      url_ = testing::NewPgDatabase();
+      ASSERT_FALSE(url_.empty()) << "the PostgreSQL fixture did not start (see pg_start in ctest output)";
+    }
+    Reopen();
+  }
+  void Reopen() {
+    store_.reset();
+    auto s = OpenStore(url_, 1000);
+    ASSERT_TRUE(s) << s.error().ToString();
+    store_ = std::move(*s);
+  }
+  User MakeUser(const std::string& id, const std::string& email, const std::string& role = "user") {
+    User u{id, email, "hash-" + id, role, 100};
+    EXPECT_TRUE(store_->CreateUser(u).ok());
+    return u;
+  }
+
+  testing::TempDir dir_;
+  std::string url_;
+  std::unique_ptr<Store> store_;
+};
+
+TEST_P(StoreConformance, MigratesAndReportsSchemaVersion) {
+  EXPECT_EQ(store_->Backend(), GetParam());
+  EXPECT_EQ(*store_->SchemaVersion(), LatestSchemaVersion());
+  EXPECT_TRUE(store_->Ping().ok());
+  Reopen();  // applying migrations twice is a no-op
+  EXPECT_EQ(*store_->SchemaVersion(), LatestSchemaVersion());
+}
+
+TEST_P(StoreConformance, RefusesANewerSchema) {
+  auto db = OpenDb(url_);
+  ASSERT_TRUE(db);
+  ASSERT_TRUE((*db)->Exec("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                          {LatestSchemaVersion() + 5, "from the future", int64_t{1}}));
+  db->reset();
+  store_.reset();
+  auto s = OpenStore(url_, 1000);
+  ASSERT_FALSE(s);
+  EXPECT_EQ(s.error().code(), Code::kFailedPrecondition);
+  EXPECT_NE(s.error().message().find("newer"), std::string::npos);
+}
+
+TEST_P(StoreConformance, UsersRoundTripUniqueEmailAndSurviveReopen) {
+  MakeUser("usr_a", "a@example.com", "admin");
+  MakeUser("usr_b", "b@example.com");
+  Status dup = store_->CreateUser({"usr_c", "a@example.com", "h", "user", 1});
+  EXPECT_EQ(dup.code(), Code::kAlreadyExists);
+  EXPECT_NE(dup.message().find("a@example.com"), std::string::npos);
+  Reopen();
+  auto a = store_->GetUserByEmail("a@example.com");
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->id, "usr_a");
+  EXPECT_EQ(a->role, "admin");
+  EXPECT_EQ(a->password_hash, "hash-usr_a");
+  EXPECT_EQ(store_->GetUser("nope").error().code(), Code::kNotFound);
+  EXPECT_EQ(*store_->CountUsers(), 2);
+  EXPECT_EQ(store_->ListUsers()->size(), 2u);
+  EXPECT_TRUE(store_->SetUserRole("usr_b", "readonly").ok());
+  EXPECT_EQ(store_->GetUser("usr_b")->role, "readonly");
+  EXPECT_EQ(store_->SetUserRole("nope", "user").code(), Code::kNotFound);
+  EXPECT_TRUE(store_->SetUserPassword("usr_b", "new").ok());
+  EXPECT_EQ(store_->GetUser("usr_b")->password_hash, "new");
+}
+
+TEST_P(StoreConformance, QuotesAndUnicodeAreDataNotSql) {
+  MakeUser("usr_q", "o'brien?@example.com");
+  auto u = store_->GetUserByEmail("o'brien?@example.com");
+  ASSERT_TRUE(u);
+  EXPECT_EQ(u->id, "usr_q");
+  ASSERT_TRUE(store_->SetMeta("k'?", "välue ✓ '; DROP TABLE users; --").ok());
+  EXPECT_EQ(**store_->GetMeta("k'?"), "välue ✓ '; DROP TABLE users; --");
+  EXPECT_EQ(*store_->CountUsers(), 1);
+}
+
+TEST_P(StoreConformance, SessionsRotateOnceAndRevoke) {
+  MakeUser("usr_a", "a@example.com");
+  Session s{"ses_1", "usr_a", 10, 1000, std::nullopt, ""};
+  RefreshToken t1{"h1", "ses_1", "usr_a", 10, 1000, std::nullopt};
+  ASSERT_TRUE(store_->CreateSession(s, t1).ok());
+  RefreshToken t2{"h2", "ses_1", "usr_a", 20, 1000, std::nullopt};
+  auto r = store_->RotateRefreshToken("h1", t2, 20);
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(*r);
+  EXPECT_EQ(*store_->GetRefreshToken("h1")->used_at, 20);
+  RefreshToken t3{"h3", "ses_1", "usr_a", 30, 1000, std::nullopt};
+  r = store_->RotateRefreshToken("h1", t3, 30);  // replay
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(*r);
+  EXPECT_EQ(store_->GetRefreshToken("h3").error().code(), Code::kNotFound);
+  EXPECT_FALSE(store_->GetSession("ses_1")->revoked_at.has_value());
+  ASSERT_TRUE(store_->RevokeSession("ses_1", "reuse", 40).ok());
+  auto got = store_->GetSession("ses_1");
+  EXPECT_EQ(*got->revoked_at, 40);
+  EXPECT_EQ(got->revoke_reason, "reuse");
+  ASSERT_TRUE(store_->RevokeSession("ses_1", "again", 50).ok());  // first revocation wins
+  EXPECT_EQ(*store_->GetSession("ses_1")->revoked_at, 40);
+
+  Session s2{"ses_2", "usr_a", 10, 1000, std::nullopt, ""};
+  ASSERT_TRUE(store_->CreateSession(s2, {"h9", "ses_2", "usr_a", 10, 1000, std::nullopt}).ok());
+  ASSERT_TRUE(store_->RevokeUserSessions("usr_a", "password changed", 60).ok());
+  EXPECT_EQ(*store_->GetSession("ses_2")->revoked_at, 60);
+}
+
+TEST_P(StoreConformance, ConcurrentRotationOfOneTokenSucceedsOnce) {
+  MakeUser("usr_a", "a@example.com");
+  ASSERT_TRUE(store_->CreateSession({"ses_1", "usr_a", 1, 1000, std::nullopt, ""},
+                                    {"h0", "ses_1", "usr_a", 1, 1000, std::nullopt})
+                  .ok());
+  std::atomic<int> wins{0};
+  std::vector<std::thread> ts;
+  for (int i = 0; i < 8; ++i) {
+    ts.emplace_back([&, i] {
+      auto r = store_->RotateRefreshToken("h0", {"n" + std::to_string(i), "ses_1", "usr_a", 2, 1000, std::nullopt}, 2);
+      if (r && *r) ++wins;
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(wins.load(), 1);
+}
+
+TEST_P(StoreConformance, ApiKeysBelongToOneUser) {
+  MakeUser("usr_a", "a@example.com");
+  MakeUser("usr_b", "b@example.com");
+  ApiKey k{"key_1", "usr_a", "ci", "dk_abc", "kh1", 5, std::nullopt, std::nullopt};
+  ASSERT_TRUE(store_->CreateApiKey(k).ok());
+  ASSERT_TRUE(store_->CreateApiKey({"key_2", "usr_a", "laptop", "dk_def", "kh2", 6, std::nullopt, std::nullopt}).ok());
+  EXPECT_EQ(store_->ListApiKeys("usr_a")->size(), 2u);
+  EXPECT_TRUE(store_->ListApiKeys("usr_b")->empty());
+  EXPECT_EQ(store_->GetApiKeyByHash("kh1")->name, "ci");
+  EXPECT_EQ(store_->RevokeApiKey("key_1", "usr_b", 9).code(), Code::kNotFound);
+  ASSERT_TRUE(store_->TouchApiKey("key_1", 8).ok());
+  EXPECT_EQ(*store_->GetApiKeyByHash("kh1")->last_used_at, 8);
+  ASSERT_TRUE(store_->RevokeApiKey("key_1", "usr_a", 9).ok());
+  EXPECT_EQ(store_->RevokeApiKey("key_1", "usr_a", 10).code(), Code::kNotFound);
+  auto list = store_->ListApiKeys("usr_a");
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ(list->front().id, "key_2");
+  EXPECT_EQ(*store_->GetApiKeyByHash("kh1")->revoked_at, 9);
+}
+
+TEST_P(StoreConformance, MetaUpserts) {
+  EXPECT_FALSE(store_->GetMeta("x")->has_value());
+  ASSERT_TRUE(store_->SetMeta("x", "1").ok());
+  ASSERT_TRUE(store_->SetMeta("x", "2").ok());
+  Reopen();
+  EXPECT_EQ(**store_->GetMeta("x"), "2");
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, StoreConformance, ::testing::Values("sqlite", "postgresql"),
+                         [](const auto& info) { return info.param; });
+
+TEST(OpenDb, ClearErrors) {
+  auto r = OpenDb("mysql://x");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("sqlite://"), std::string::npos);
+  auto pg = OpenDb("postgresql://u:secret@127.0.0.1:1/db");
+  ASSERT_FALSE(pg);
+  EXPECT_EQ(pg.error().code(), Code::kUnavailable);
+  EXPECT_EQ(pg.error().message().find("secret"), std::string::npos) << "password leaked into an error";
+  testing::TempDir dir;
+  std::ofstream(dir / "junk.db") << std::string(8192, 'x');
+  auto junk = OpenDb("sqlite://" + dir / "junk.db");
+  ASSERT_FALSE(junk);
+  EXPECT_NE(junk.error().message().find("junk.db"), std::string::npos);
+  EXPECT_EQ(RedactUrl("postgresql://u:pw@h/db"), "postgresql://u:***@h/db");
+}
+
+}  // namespace
+}  // namespace dumont::store
