@@ -11,6 +11,8 @@ PACKAGES=(
   libssl-dev libsodium-dev libcurl4-openssl-dev libzstd-dev liblz4-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus util-linux procps
+  ceph-mon ceph-osd radosgw ceph-common
+  restic
 )
 
 missing=()

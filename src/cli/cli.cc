@@ -17,6 +17,7 @@
 
 #include <dumont/version.h>
 
+#include "cli/snapshot_cmd.h"
 #include "http/client.h"
 
 namespace dumont::cli {
@@ -235,11 +236,15 @@ int Run(int argc, char** argv) {
   auto* logout = auth->add_subcommand("logout", "end the session and forget its tokens");
   auto* me = auth->add_subcommand("me", "show who you are logged in as");
 
+  SnapshotArgs* snapshot_args = AddSnapshotCommands(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? kOk : kUsage;
   }
+
+  if (app.got_subcommand("snapshot")) return RunSnapshotCommand(snapshot_args, g.json_out);
 
   Api api(g);
   try {

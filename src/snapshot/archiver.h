@@ -1,0 +1,54 @@
+// Archiver: backs up paths into a snapshot. Pipeline: a walker (this thread) -> file readers (a pool)
+// that chunk each file -> chunk workers (a second pool) that hash, dedup, compress, seal and hand
+// blobs to the repository's packer -> the repository's uploaders. Every stage is bounded, so memory
+// stays under: readers x 2 x max chunk + chunk workers x 2 x max chunk + (connections + 1) x pack size.
+// Files whose size, mtime, ctime and inode match the parent snapshot reuse its chunk list unread.
+// Engines never print: progress goes to a callback.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "snapshot/repository.h"
+
+namespace dumont::snapshot {
+
+struct BackupOptions {
+  std::vector<std::string> paths;
+  std::vector<std::string> tags;
+  std::vector<std::string> excludes;  // globs, matched against the name and the full path
+  std::optional<std::string> parent;  // snapshot ref; default: latest with the same host and paths
+  bool no_parent = false;
+  std::string hostname;               // default: this host
+  int readers = 0;                    // 0 = min(4, cores)
+  int workers = 0;                    // 0 = cores
+};
+
+struct BackupProgress {
+  uint64_t files_done = 0, files_total = 0;
+  uint64_t bytes_done = 0, bytes_total = 0;
+  double elapsed_s = 0;
+  std::string current;
+};
+
+struct BackupSummary {
+  Id snapshot{};
+  std::optional<Id> parent;
+  uint64_t files_new = 0, files_changed = 0, files_unchanged = 0, dirs = 0;
+  uint64_t bytes_total = 0;   // logical size of the files in the snapshot
+  uint64_t bytes_read = 0;    // what had to be read
+  uint64_t bytes_added = 0;   // sealed bytes added to the repository
+  uint64_t blobs_new = 0;
+  double duration_s = 0;
+  std::vector<std::string> warnings;  // files that could not be read (the snapshot has the rest)
+  nlohmann::json ToJson() const;
+};
+
+Result<BackupSummary> Backup(Repository& repo, const BackupOptions& opts,
+                             const std::function<void(const BackupProgress&)>& progress = nullptr);
+
+}  // namespace dumont::snapshot

@@ -1,0 +1,27 @@
+// Per-blob compression. Incompressible data (already-compressed archives, model weights in some
+// formats, random data) is detected cheaply with a byte-entropy estimate on a sample, and stored raw
+// without spending a compression pass; anything that does not shrink by 3 % is stored raw too.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace dumont::snapshot {
+
+enum class Compression : uint8_t { kNone = 0, kZstd = 1, kLz4 = 2 };
+enum class CompressionMode { kAuto, kZstd, kLz4, kOff };  // auto = fast zstd
+
+bool ParseCompressionMode(std::string_view s, CompressionMode* out);
+std::string_view CompressionModeName(CompressionMode m);
+
+// Bits of entropy per byte of a sample of data (0..8).
+double SampleEntropy(std::string_view data);
+
+// Returns the stored form and sets *used.
+std::string Compress(std::string_view raw, CompressionMode mode, Compression* used);
+Result<std::string> Decompress(std::string_view stored, Compression c, size_t raw_length);
+
+}  // namespace dumont::snapshot

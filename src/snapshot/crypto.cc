@@ -1,0 +1,113 @@
+#include "snapshot/crypto.h"
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
+#include <sodium.h>
+
+#include <cstring>
+#include <memory>
+
+#include "common/random.h"
+
+namespace dumont::snapshot {
+
+std::string IdHex(const Id& id) {
+  return HexEncode(std::string_view(reinterpret_cast<const char*>(id.data()), id.size()));
+}
+
+bool ParseId(std::string_view hex, Id* out) {
+  std::string raw;
+  if (hex.size() != 64 || !HexDecode(hex, &raw)) return false;
+  std::memcpy(out->data(), raw.data(), 32);
+  return true;
+}
+
+MasterKey MasterKey::Random() {
+  MasterKey k;
+  std::string r = RandomBytes(64);
+  std::memcpy(k.enc.data(), r.data(), 32);
+  std::memcpy(k.mac.data(), r.data() + 32, 32);
+  return k;
+}
+
+namespace {
+struct CtxFree {
+  void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX_free(c); }
+};
+}  // namespace
+
+std::string SealWith(const uint8_t key[32], std::string_view plaintext) {
+  std::string out(12 + plaintext.size() + 16, '\0');
+  std::string nonce = RandomBytes(12);
+  std::memcpy(out.data(), nonce.data(), 12);
+  std::unique_ptr<EVP_CIPHER_CTX, CtxFree> ctx(EVP_CIPHER_CTX_new());
+  int len = 0;
+  EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key,
+                     reinterpret_cast<const unsigned char*>(nonce.data()));
+  auto* dst = reinterpret_cast<unsigned char*>(out.data() + 12);
+  EVP_EncryptUpdate(ctx.get(), dst, &len, reinterpret_cast<const unsigned char*>(plaintext.data()),
+                    static_cast<int>(plaintext.size()));
+  int fin = 0;
+  EVP_EncryptFinal_ex(ctx.get(), dst + len, &fin);
+  EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, 16, out.data() + 12 + plaintext.size());
+  return out;
+}
+
+Result<std::string> OpenWith(const uint8_t key[32], std::string_view sealed) {
+  if (sealed.size() < kSealOverhead) return Err(Status::Corruption("sealed data is too short"));
+  size_t n = sealed.size() - kSealOverhead;
+  std::string out(n, '\0');
+  std::unique_ptr<EVP_CIPHER_CTX, CtxFree> ctx(EVP_CIPHER_CTX_new());
+  int len = 0;
+  EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key,
+                     reinterpret_cast<const unsigned char*>(sealed.data()));
+  EVP_DecryptUpdate(ctx.get(), reinterpret_cast<unsigned char*>(out.data()), &len,
+                    reinterpret_cast<const unsigned char*>(sealed.data() + 12), static_cast<int>(n));
+  EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, 16, const_cast<char*>(sealed.data() + 12 + n));
+  int fin = 0;
+  if (EVP_DecryptFinal_ex(ctx.get(), reinterpret_cast<unsigned char*>(out.data()) + len, &fin) != 1) {
+    return Err(Status::Corruption("authentication failed (wrong key, or the data is damaged)"));
+  }
+  return out;
+}
+
+std::string Seal(const MasterKey& k, std::string_view plaintext) { return SealWith(k.enc.data(), plaintext); }
+Result<std::string> Unseal(const MasterKey& k, std::string_view sealed) { return OpenWith(k.enc.data(), sealed); }
+
+Id ContentId(const MasterKey& k, std::string_view data) {
+  Id id;
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), k.mac.data(), 32, reinterpret_cast<const unsigned char*>(data.data()), data.size(),
+       id.data(), &len);
+  return id;
+}
+
+Id Sha256(std::string_view data) {
+  Id id;
+  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), id.data());
+  return id;
+}
+
+KdfParams DefaultKdfParams(bool fast_for_tests) {
+  if (fast_for_tests) return {crypto_pwhash_OPSLIMIT_MIN, crypto_pwhash_MEMLIMIT_MIN, RandomBytes(16)};
+  return {crypto_pwhash_OPSLIMIT_INTERACTIVE, crypto_pwhash_MEMLIMIT_INTERACTIVE, RandomBytes(16)};
+}
+
+Result<std::array<uint8_t, 32>> DeriveKey(std::string_view password, const KdfParams& p) {
+  if (sodium_init() < 0) return Err(Status::Internal("libsodium failed to initialise"));
+  if (p.salt.size() != crypto_pwhash_SALTBYTES) return Err(Status::Corruption("key file salt has the wrong size"));
+  if (p.opslimit < crypto_pwhash_OPSLIMIT_MIN || p.opslimit > crypto_pwhash_OPSLIMIT_MAX ||
+      p.memlimit < crypto_pwhash_MEMLIMIT_MIN || p.memlimit > (size_t{1} << 32)) {
+    return Err(Status::Corruption("key file has out-of-range argon2id parameters"));
+  }
+  std::array<uint8_t, 32> out{};
+  if (crypto_pwhash(out.data(), out.size(), password.data(), password.size(),
+                    reinterpret_cast<const unsigned char*>(p.salt.data()), p.opslimit, p.memlimit,
+                    crypto_pwhash_ALG_ARGON2ID13) != 0) {
+    return Err(Status::ResourceExhausted("out of memory deriving the repository key", 1));
+  }
+  return out;
+}
+
+}  // namespace dumont::snapshot

@@ -1,0 +1,55 @@
+// Repository cryptography. Every stored file and every blob is sealed with AES-256-GCM
+// (nonce(12) || ciphertext || tag(16)) under the repository master key; content ids are
+// HMAC-SHA-256 under a separate id key, so the storage provider cannot confirm that a known file is
+// stored. The master key is wrapped by an argon2id-derived key in each key file.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace dumont::snapshot {
+
+using Id = std::array<uint8_t, 32>;
+std::string IdHex(const Id& id);
+bool ParseId(std::string_view hex, Id* out);
+struct IdHash {
+  size_t operator()(const Id& id) const {
+    size_t h;
+    std::memcpy(&h, id.data(), sizeof h);
+    return h;
+  }
+};
+
+struct MasterKey {
+  std::array<uint8_t, 32> enc{};  // AES-256-GCM
+  std::array<uint8_t, 32> mac{};  // HMAC-SHA-256 for content ids
+  static MasterKey Random();
+};
+
+inline constexpr size_t kSealOverhead = 12 + 16;
+
+std::string Seal(const MasterKey& k, std::string_view plaintext);
+// Corruption when the tag does not verify (wrong key, damaged or truncated data).
+Result<std::string> Unseal(const MasterKey& k, std::string_view sealed);
+// Same with a raw 32-byte key (key files).
+std::string SealWith(const uint8_t key[32], std::string_view plaintext);
+Result<std::string> OpenWith(const uint8_t key[32], std::string_view sealed);
+
+Id ContentId(const MasterKey& k, std::string_view data);
+Id Sha256(std::string_view data);
+
+struct KdfParams {
+  uint64_t opslimit;
+  uint64_t memlimit;
+  std::string salt;  // 16 bytes
+};
+KdfParams DefaultKdfParams(bool fast_for_tests);
+Result<std::array<uint8_t, 32>> DeriveKey(std::string_view password, const KdfParams& p);
+
+}  // namespace dumont::snapshot

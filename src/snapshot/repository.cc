@@ -1,0 +1,638 @@
+#include "snapshot/repository.h"
+
+#include <pwd.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+
+#include "common/random.h"
+
+namespace dumont::snapshot {
+
+using nlohmann::json;
+
+namespace {
+
+std::string B64(std::string_view s) { return Base64UrlEncode(s); }
+bool UnB64(const json& j, std::string* out) { return j.is_string() && Base64UrlDecode(j.get<std::string>(), out); }
+
+std::string Hostname() {
+  char buf[256] = {0};
+  gethostname(buf, sizeof buf - 1);
+  return buf;
+}
+std::string Username() {
+  if (auto* pw = getpwuid(getuid())) return pw->pw_name;
+  return std::to_string(getuid());
+}
+int64_t NowUnix() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+json EntryJson(const Id& id, const BlobLocation& l) {
+  return {{"id", IdHex(id)}, {"t", static_cast<int>(l.type)}, {"o", l.offset}, {"l", l.length},
+          {"u", l.raw_length}, {"c", static_cast<int>(l.compression)}};
+}
+
+bool ParseEntry(const json& e, Id* id, BlobLocation* l) {
+  if (!e.is_object() || !e.contains("id") || !e["id"].is_string() || !ParseId(e["id"].get<std::string>(), id)) return false;
+  for (const char* k : {"t", "o", "l", "u", "c"}) {
+    if (!e.contains(k) || !e[k].is_number_unsigned()) return false;
+  }
+  int t = e["t"], c = e["c"];
+  if (t > 1 || c > 2) return false;
+  l->type = static_cast<BlobType>(t);
+  l->offset = e["o"];
+  l->length = e["l"];
+  l->raw_length = e["u"];
+  l->compression = static_cast<Compression>(c);
+  return l->length >= kSealOverhead;
+}
+
+}  // namespace
+
+std::string Rfc3339(int64_t t) {
+  time_t tt = static_cast<time_t>(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+struct Repository::PendingPack {
+  std::string data;
+  std::vector<std::pair<Id, BlobLocation>> entries;
+};
+
+Repository::Repository(std::unique_ptr<Backend> b) : backend_(std::move(b)) {
+  uploaders_ = std::make_unique<ThreadPool>(static_cast<size_t>(std::max(1, backend_->Connections())));
+}
+
+Repository::~Repository() { uploaders_->Stop(); }
+
+// ---- files: plaintext = 1 byte (0 raw, 1 zstd) + payload, sealed; name = SHA-256 of stored bytes.
+
+Result<std::string> Repository::SaveJsonFile(FileType t, const json& j) {
+  std::string text = j.dump();
+  Compression used;
+  std::string body = Compress(text, CompressionMode::kZstd, &used);
+  std::string plain;
+  plain.reserve(body.size() + 9);
+  plain.push_back(static_cast<char>(used));
+  uint64_t raw = text.size();
+  plain.append(reinterpret_cast<const char*>(&raw), 8);
+  plain += body;
+  std::string sealed = Seal(key_, plain);
+  std::string name = IdHex(Sha256(sealed));
+  DUMONT_RETURN_IF_ERROR(backend_->Save({t, name}, sealed));
+  return name;
+}
+
+Result<json> Repository::LoadJsonFile(const Handle& h) {
+  std::string what = ObjectPath(h);
+  auto sealed = backend_->Load(h);
+  if (!sealed) return Err(sealed.error().Annotate("reading " + what));
+  if (h.type != FileType::kLock && IdHex(Sha256(*sealed)) != h.name) {
+    return Err(Status::Corruption(what + " is damaged: its content does not match its name"));
+  }
+  auto plain = Unseal(key_, *sealed);
+  if (!plain) return Err(plain.error().Annotate(what));
+  if (plain->size() < 9) return Err(Status::Corruption(what + " is truncated"));
+  uint64_t raw;
+  std::memcpy(&raw, plain->data() + 1, 8);
+  auto text = Decompress(std::string_view(*plain).substr(9), static_cast<Compression>((*plain)[0]), raw);
+  if (!text) return Err(text.error().Annotate(what));
+  json j = json::parse(*text, nullptr, false);
+  if (j.is_discarded()) return Err(Status::Corruption(what + " does not hold valid JSON"));
+  return j;
+}
+
+// ---- init / open / keys
+
+namespace {
+Result<std::string> MakeKeyFile(const MasterKey& mk, std::string_view password, bool fast) {
+  KdfParams p = DefaultKdfParams(fast);
+  auto k = DeriveKey(password, p);
+  if (!k) return Err(k.error());
+  json master = {{"enc", B64(std::string_view(reinterpret_cast<const char*>(mk.enc.data()), 32))},
+                 {"mac", B64(std::string_view(reinterpret_cast<const char*>(mk.mac.data()), 32))}};
+  json kf = {{"version", 1},
+             {"kdf", "argon2id"},
+             {"opslimit", p.opslimit},
+             {"memlimit", p.memlimit},
+             {"salt", B64(p.salt)},
+             {"created", Rfc3339(NowUnix())},
+             {"hostname", Hostname()},
+             {"username", Username()},
+             {"data", B64(SealWith(k->data(), master.dump()))}};
+  return kf.dump(2);
+}
+}  // namespace
+
+Result<std::unique_ptr<Repository>> Repository::Init(std::unique_ptr<Backend> backend, std::string_view password,
+                                                     const InitOptions& opts) {
+  if (password.empty()) return Err(Status::InvalidArgument("the repository password must not be empty"));
+  std::unique_ptr<Repository> r(new Repository(std::move(backend)));
+  DUMONT_RETURN_IF_ERROR(r->backend_->Create());
+  r->key_ = MasterKey::Random();
+  auto kf = MakeKeyFile(r->key_, password, opts.fast_kdf);
+  if (!kf) return Err(kf.error());
+  std::string key_name = IdHex(Sha256(*kf));
+  DUMONT_RETURN_IF_ERROR(r->backend_->Save({FileType::kKey, key_name}, *kf));
+  r->key_name_ = key_name;
+  r->config_.id = HexEncode(RandomBytes(16));
+  r->config_.chunker = opts.chunker;
+  std::string seed = RandomBytes(8);
+  std::memcpy(&r->config_.gear_seed, seed.data(), 8);
+  r->config_.created = Rfc3339(NowUnix());
+  json cfg = {{"version", kRepoVersion},
+              {"id", r->config_.id},
+              {"chunker", {{"min", opts.chunker.min_size}, {"avg_bits", opts.chunker.avg_bits}, {"max", opts.chunker.max_size}}},
+              {"gear_seed", std::to_string(r->config_.gear_seed)},
+              {"created", r->config_.created}};
+  // The config is written last: a repository without config is not initialised (init can be re-run).
+  DUMONT_RETURN_IF_ERROR(r->backend_->Save({FileType::kConfig, ""}, Seal(r->key_, cfg.dump())));
+  return r;
+}
+
+Result<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<Backend> backend, std::string_view password) {
+  std::unique_ptr<Repository> r(new Repository(std::move(backend)));
+  std::string where = r->backend_->Location();
+  auto cfg_sealed = r->backend_->Load({FileType::kConfig, ""});
+  if (!cfg_sealed) {
+    if (cfg_sealed.error().code() == Code::kNotFound) {
+      return Err(Status::NotFound("there is no repository at " + where + " (create one with `dumont snapshot init`)"));
+    }
+    return Err(cfg_sealed.error().Annotate("opening repository " + where));
+  }
+  auto keys = r->backend_->List(FileType::kKey);
+  if (!keys) return Err(keys.error());
+  if (keys->empty()) return Err(Status::Corruption("repository " + where + " has no key files (keys/ is empty)"));
+  bool opened = false;
+  for (const auto& kf_info : *keys) {
+    auto text = r->backend_->Load({FileType::kKey, kf_info.name});
+    if (!text) continue;
+    json kf = json::parse(*text, nullptr, false);
+    if (kf.is_discarded() || !kf.is_object() || kf.value("kdf", "") != "argon2id") continue;
+    KdfParams p;
+    std::string data;
+    if (!kf["opslimit"].is_number_unsigned() || !kf["memlimit"].is_number_unsigned() || !UnB64(kf["salt"], &p.salt) ||
+        !UnB64(kf["data"], &data)) {
+      continue;
+    }
+    p.opslimit = kf["opslimit"];
+    p.memlimit = kf["memlimit"];
+    auto k = DeriveKey(password, p);
+    if (!k) continue;
+    auto master_text = OpenWith(k->data(), data);
+    if (!master_text) continue;
+    json master = json::parse(*master_text, nullptr, false);
+    std::string enc, mac;
+    if (master.is_discarded() || !UnB64(master["enc"], &enc) || !UnB64(master["mac"], &mac) || enc.size() != 32 ||
+        mac.size() != 32) {
+      return Err(Status::Corruption("key file keys/" + kf_info.name + " decrypts but holds no valid master key"));
+    }
+    std::memcpy(r->key_.enc.data(), enc.data(), 32);
+    std::memcpy(r->key_.mac.data(), mac.data(), 32);
+    r->key_name_ = kf_info.name;
+    opened = true;
+    break;
+  }
+  if (!opened) {
+    return Err(Status::Unauthenticated("wrong password for repository " + where +
+                                       " (no key file opens with it; check DUMONT_REPO_PASSWORD or --password-file)"));
+  }
+  auto cfg_text = Unseal(r->key_, *cfg_sealed);
+  if (!cfg_text) return Err(cfg_text.error().Annotate("repository config"));
+  json cfg = json::parse(*cfg_text, nullptr, false);
+  if (cfg.is_discarded() || !cfg.is_object() || !cfg.contains("version") || !cfg["version"].is_number_integer()) {
+    return Err(Status::Corruption("repository config is not valid"));
+  }
+  int version = cfg["version"];
+  if (version != kRepoVersion) {
+    return Err(Status::FailedPrecondition("repository format version " + std::to_string(version) +
+                                          " is not supported by this dumont (it reads version " +
+                                          std::to_string(kRepoVersion) + "); use a matching dumont"));
+  }
+  try {
+    r->config_.id = cfg.at("id");
+    r->config_.chunker.min_size = cfg.at("chunker").at("min");
+    r->config_.chunker.avg_bits = cfg.at("chunker").at("avg_bits");
+    r->config_.chunker.max_size = cfg.at("chunker").at("max");
+    r->config_.gear_seed = std::stoull(cfg.at("gear_seed").get<std::string>());
+    r->config_.created = cfg.value("created", "");
+  } catch (const std::exception& e) {
+    return Err(Status::Corruption(std::string("repository config is missing fields: ") + e.what()));
+  }
+  const auto& c = r->config_.chunker;
+  if (c.min_size < 64 || c.avg_bits < 8 || c.avg_bits > 28 || c.max_size < c.min_size || c.max_size > (64u << 20)) {
+    return Err(Status::Corruption("repository config has invalid chunker parameters"));
+  }
+  DUMONT_RETURN_IF_ERROR(r->LoadIndex());
+  return r;
+}
+
+Status Repository::AddKey(std::string_view password, bool fast_kdf) {
+  if (password.empty()) return Status::InvalidArgument("the new password must not be empty");
+  auto kf = MakeKeyFile(key_, password, fast_kdf);
+  if (!kf) return kf.error();
+  return backend_->Save({FileType::kKey, IdHex(Sha256(*kf))}, *kf);
+}
+
+Status Repository::ChangePassword(std::string_view password, bool fast_kdf) {
+  if (password.empty()) return Status::InvalidArgument("the new password must not be empty");
+  auto kf = MakeKeyFile(key_, password, fast_kdf);
+  if (!kf) return kf.error();
+  std::string name = IdHex(Sha256(*kf));
+  // The new key is durable before the old one goes: a crash in between leaves both passwords working.
+  DUMONT_RETURN_STATUS_IF_ERROR(backend_->Save({FileType::kKey, name}, *kf));
+  std::string old = key_name_;
+  key_name_ = name;
+  return backend_->Remove({FileType::kKey, old});
+}
+
+Status Repository::RemoveKey(const std::string& name) {
+  if (name == key_name_) return Status::FailedPrecondition("cannot remove the key in use");
+  auto st = backend_->Stat({FileType::kKey, name});
+  if (!st) return st.error();
+  return backend_->Remove({FileType::kKey, name});
+}
+
+// ---- index
+
+Status Repository::LoadIndex() {
+  auto files = backend_->List(FileType::kIndex);
+  if (!files) return files.error();
+  std::unordered_map<Id, BlobLocation, IdHash> idx;
+  std::vector<std::string> names;
+  for (const auto& f : *files) {
+    auto j = LoadJsonFile({FileType::kIndex, f.name});
+    if (!j) return j.error();
+    if (!j->contains("packs") || !(*j)["packs"].is_array()) {
+      return Status::Corruption("index/" + f.name + " has no pack list");
+    }
+    for (const auto& p : (*j)["packs"]) {
+      Id pack;
+      if (!p.contains("id") || !p["id"].is_string() || !ParseId(p["id"].get<std::string>(), &pack) ||
+          !p.contains("blobs") || !p["blobs"].is_array()) {
+        return Status::Corruption("index/" + f.name + " has a malformed pack entry");
+      }
+      for (const auto& e : p["blobs"]) {
+        Id id;
+        BlobLocation l;
+        if (!ParseEntry(e, &id, &l)) return Status::Corruption("index/" + f.name + " has a malformed blob entry");
+        l.pack = pack;
+        idx[id] = l;
+      }
+    }
+    names.push_back(f.name);
+  }
+  std::lock_guard lock(mu_);
+  index_ = std::move(idx);
+  index_files_ = std::move(names);
+  return Status::Ok();
+}
+
+size_t Repository::IndexedBlobs() {
+  std::lock_guard lock(mu_);
+  return index_.size();
+}
+
+std::map<Id, std::vector<std::pair<Id, BlobLocation>>> Repository::IndexByPack() {
+  std::lock_guard lock(mu_);
+  std::map<Id, std::vector<std::pair<Id, BlobLocation>>> out;
+  for (const auto& [id, l] : index_) out[l.pack].emplace_back(id, l);
+  for (auto& [p, v] : out) {
+    std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.second.offset < b.second.offset; });
+  }
+  return out;
+}
+
+void Repository::ForgetPack(const Id& pack) {
+  std::lock_guard lock(mu_);
+  for (auto it = index_.begin(); it != index_.end();) {
+    it = it->second.pack == pack ? index_.erase(it) : std::next(it);
+  }
+}
+
+Status Repository::RewriteIndex(const std::map<Id, std::vector<std::pair<Id, BlobLocation>>>& keep) {
+  json packs = json::array();
+  for (const auto& [pack, blobs] : keep) {
+    json arr = json::array();
+    for (const auto& [id, l] : blobs) arr.push_back(EntryJson(id, l));
+    packs.push_back({{"id", IdHex(pack)}, {"blobs", arr}});
+  }
+  auto name = SaveJsonFile(FileType::kIndex, {{"packs", packs}});
+  if (!name) return name.error();
+  std::vector<std::string> old;
+  {
+    std::lock_guard lock(mu_);
+    old = index_files_;
+  }
+  for (const auto& o : old) {
+    if (o != *name) DUMONT_RETURN_STATUS_IF_ERROR(backend_->Remove({FileType::kIndex, o}));
+  }
+  return LoadIndex();
+}
+
+// ---- blobs
+
+bool Repository::HasBlob(const Id& id) {
+  std::lock_guard lock(mu_);
+  return index_.count(id) || pending_ids_.count(id);
+}
+
+std::optional<BlobLocation> Repository::Lookup(const Id& id) {
+  std::lock_guard lock(mu_);
+  auto it = index_.find(id);
+  if (it == index_.end()) return std::nullopt;
+  return it->second;
+}
+
+Result<bool> Repository::SaveBlob(BlobType t, const Id& id, std::string_view plaintext, uint64_t* stored_bytes) {
+  {
+    std::lock_guard lock(mu_);
+    if (!upload_error_.ok()) return Err(upload_error_);
+    if (index_.count(id) || pending_ids_.count(id)) return false;
+    pending_ids_.insert(id);
+  }
+  Compression used;
+  std::string body = Compress(plaintext, compression_, &used);
+  std::string sealed = Seal(key_, body);
+  if (stored_bytes) *stored_bytes = sealed.size();
+  std::unique_lock lock(mu_);
+  if (!open_pack_) {
+    open_pack_ = std::make_shared<PendingPack>();
+    open_pack_->data.reserve(pack_target_ + (1 << 20));
+  }
+  BlobLocation l;
+  l.type = t;
+  l.offset = static_cast<uint32_t>(open_pack_->data.size());
+  l.length = static_cast<uint32_t>(sealed.size());
+  l.raw_length = static_cast<uint32_t>(plaintext.size());
+  l.compression = used;
+  open_pack_->data += sealed;
+  open_pack_->entries.emplace_back(id, l);
+  if (open_pack_->data.size() >= pack_target_) DUMONT_RETURN_IF_ERROR(SealAndQueueLocked(lock));
+  return true;
+}
+
+Status Repository::SealAndQueueLocked(std::unique_lock<std::mutex>& lock) {
+  auto pack = std::move(open_pack_);
+  open_pack_.reset();
+  if (!pack) return Status::Ok();
+  json header = json::array();
+  for (const auto& [id, l] : pack->entries) header.push_back(EntryJson(id, l));
+  std::string sealed_header = Seal(key_, header.dump());
+  uint32_t hlen = static_cast<uint32_t>(sealed_header.size());
+  pack->data += sealed_header;
+  pack->data.append(reinterpret_cast<const char*>(&hlen), 4);
+  // Backpressure: at most Connections() packs uploading, plus the one being filled: memory stays
+  // under (Connections() + 1) x pack size.
+  int max_in_flight = std::max(1, backend_->Connections());
+  cv_.wait(lock, [&] { return uploads_in_flight_ < max_in_flight || !upload_error_.ok(); });
+  if (!upload_error_.ok()) return upload_error_;
+  ++uploads_in_flight_;
+  uploaders_->Submit([this, pack] {
+    Status st = WritePack(pack);
+    std::vector<std::pair<Id, std::vector<std::pair<Id, BlobLocation>>>> to_index;
+    {
+      std::lock_guard l(mu_);
+      --uploads_in_flight_;
+      if (!st.ok()) {
+        if (upload_error_.ok()) upload_error_ = st;
+      } else {
+        Id pack_id = Sha256(pack->data);
+        std::vector<std::pair<Id, BlobLocation>> blobs;
+        for (auto [id, loc] : pack->entries) {
+          loc.pack = pack_id;
+          index_[id] = loc;
+          pending_ids_.erase(id);
+          blobs.emplace_back(id, loc);
+        }
+        unindexed_.emplace_back(pack_id, std::move(blobs));
+      }
+      cv_.notify_all();
+    }
+  });
+  return Status::Ok();
+}
+
+Status Repository::WritePack(std::shared_ptr<PendingPack> p) {
+  Id id = Sha256(p->data);
+  Status st = backend_->Save({FileType::kPack, IdHex(id)}, p->data);
+  return st.ok() ? st : st.Annotate("uploading pack " + IdHex(id));
+}
+
+Status Repository::WriteIndexLocked(std::unique_lock<std::mutex>& lock) {
+  if (unindexed_.empty()) return Status::Ok();
+  auto batch = std::move(unindexed_);
+  unindexed_.clear();
+  lock.unlock();
+  json packs = json::array();
+  for (const auto& [pack, blobs] : batch) {
+    json arr = json::array();
+    for (const auto& [id, l] : blobs) arr.push_back(EntryJson(id, l));
+    packs.push_back({{"id", IdHex(pack)}, {"blobs", arr}});
+  }
+  auto name = SaveJsonFile(FileType::kIndex, {{"packs", packs}});
+  lock.lock();
+  if (!name) return name.error();
+  index_files_.push_back(*name);
+  return Status::Ok();
+}
+
+Status Repository::Flush() {
+  std::unique_lock lock(mu_);
+  if (!upload_error_.ok()) return upload_error_;
+  DUMONT_RETURN_STATUS_IF_ERROR(SealAndQueueLocked(lock));
+  cv_.wait(lock, [&] { return uploads_in_flight_ == 0; });
+  if (!upload_error_.ok()) return upload_error_;
+  return WriteIndexLocked(lock);
+}
+
+Result<std::vector<PackHeaderEntry>> ReadPackHeader(const MasterKey& key, const std::string& name, std::string_view pack) {
+  if (pack.size() < 4 + kSealOverhead) return Err(Status::Corruption("pack " + name + " is truncated"));
+  uint32_t hlen;
+  std::memcpy(&hlen, pack.data() + pack.size() - 4, 4);
+  if (hlen > pack.size() - 4 || hlen < kSealOverhead) return Err(Status::Corruption("pack " + name + " has a bad header length"));
+  auto text = Unseal(key, pack.substr(pack.size() - 4 - hlen, hlen));
+  if (!text) return Err(text.error().Annotate("pack " + name + " header"));
+  json h = json::parse(*text, nullptr, false);
+  if (!h.is_array()) return Err(Status::Corruption("pack " + name + " header is not a list"));
+  std::vector<PackHeaderEntry> out;
+  for (const auto& e : h) {
+    Id id;
+    BlobLocation l;
+    if (!ParseEntry(e, &id, &l) || static_cast<uint64_t>(l.offset) + l.length > pack.size() - 4 - hlen) {
+      return Err(Status::Corruption("pack " + name + " header has a malformed entry"));
+    }
+    out.push_back({id, l.type, l.offset, l.length, l.raw_length, l.compression});
+  }
+  return out;
+}
+
+Result<std::string> Repository::LoadBlob(const Id& id) {
+  auto loc = Lookup(id);
+  if (!loc) return Err(Status::NotFound("blob " + IdHex(id) + " is not in the index"));
+  std::string pack = IdHex(loc->pack);
+  auto sealed = backend_->Load({FileType::kPack, pack}, loc->offset, loc->length);
+  if (!sealed) return Err(sealed.error().Annotate("reading blob " + IdHex(id).substr(0, 12) + " from pack " + pack));
+  auto body = Unseal(key_, *sealed);
+  if (!body) return Err(body.error().Annotate("blob " + IdHex(id) + " in pack " + pack));
+  auto plain = Decompress(*body, loc->compression, loc->raw_length);
+  if (!plain) return Err(plain.error().Annotate("blob " + IdHex(id) + " in pack " + pack));
+  if (BlobId(*plain) != id) {
+    return Err(Status::Corruption("blob " + IdHex(id) + " in pack " + pack + " does not match its id"));
+  }
+  return plain;
+}
+
+// ---- snapshots
+
+namespace {
+json ManifestJson(const SnapshotManifest& m) {
+  json j = {{"time", m.time}, {"time_unix", m.time_unix}, {"time_ns", m.time_ns}, {"tree", IdHex(m.tree)}, {"paths", m.paths},
+            {"hostname", m.hostname}, {"username", m.username}, {"tags", m.tags}, {"summary", m.summary}};
+  if (m.parent) j["parent"] = IdHex(*m.parent);
+  return j;
+}
+bool ParseManifest(const json& j, SnapshotManifest* m) {
+  try {
+    m->time = j.at("time");
+    m->time_unix = j.at("time_unix");
+    m->time_ns = j.value("time_ns", m->time_unix * 1'000'000'000);
+    if (!ParseId(j.at("tree").get<std::string>(), &m->tree)) return false;
+    m->paths = j.at("paths").get<std::vector<std::string>>();
+    m->hostname = j.value("hostname", "");
+    m->username = j.value("username", "");
+    m->tags = j.value("tags", std::vector<std::string>{});
+    m->summary = j.value("summary", json::object());
+    if (j.contains("parent")) {
+      Id p;
+      if (!ParseId(j["parent"].get<std::string>(), &p)) return false;
+      m->parent = p;
+    }
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+}  // namespace
+
+Result<Id> Repository::SaveSnapshot(const SnapshotManifest& m) {
+  auto name = SaveJsonFile(FileType::kSnapshot, ManifestJson(m));
+  if (!name) return Err(name.error());
+  Id id;
+  ParseId(*name, &id);
+  return id;
+}
+
+Result<SnapshotManifest> Repository::LoadSnapshot(const Id& id) {
+  auto j = LoadJsonFile({FileType::kSnapshot, IdHex(id)});
+  if (!j) return Err(j.error());
+  SnapshotManifest m;
+  if (!ParseManifest(*j, &m)) return Err(Status::Corruption("snapshots/" + IdHex(id) + " is not a valid manifest"));
+  return m;
+}
+
+Result<std::vector<std::pair<Id, SnapshotManifest>>> Repository::ListSnapshots() {
+  auto files = backend_->List(FileType::kSnapshot);
+  if (!files) return Err(files.error());
+  std::vector<std::pair<Id, SnapshotManifest>> out;
+  for (const auto& f : *files) {
+    Id id;
+    if (!ParseId(f.name, &id)) continue;
+    auto m = LoadSnapshot(id);
+    if (!m) return Err(m.error());
+    out.emplace_back(id, std::move(*m));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return a.second.time_ns != b.second.time_ns ? a.second.time_ns < b.second.time_ns : a.first < b.first;
+  });
+  return out;
+}
+
+Result<std::pair<Id, SnapshotManifest>> Repository::FindSnapshot(const std::string& ref) {
+  auto all = ListSnapshots();
+  if (!all) return Err(all.error());
+  if (all->empty()) return Err(Status::NotFound("the repository has no snapshots yet"));
+  if (ref == "latest") return all->back();
+  if (ref.size() < 4) return Err(Status::InvalidArgument("snapshot id prefix '" + ref + "' is too short (4+ characters)"));
+  std::vector<std::pair<Id, SnapshotManifest>> hits;
+  for (auto& s : *all) {
+    if (IdHex(s.first).rfind(ref, 0) == 0) hits.push_back(s);
+  }
+  if (hits.empty()) return Err(Status::NotFound("no snapshot matches '" + ref + "'"));
+  if (hits.size() > 1) return Err(Status::InvalidArgument("snapshot prefix '" + ref + "' is ambiguous; give more characters"));
+  return hits.front();
+}
+
+// ---- locks
+
+Repository::Lock::~Lock() { (void)repo_->backend_->Remove({FileType::kLock, name_}); }
+
+Status Repository::RemoveStaleLocks(bool all) {
+  auto files = backend_->List(FileType::kLock);
+  if (!files) return files.error();
+  int64_t now = NowUnix();
+  std::string host = Hostname();
+  for (const auto& f : *files) {
+    auto j = LoadJsonFile({FileType::kLock, f.name});
+    bool stale = all || !j;
+    if (j) {
+      int64_t t = j->value("time_unix", int64_t{0});
+      int pid = j->value("pid", 0);
+      if (now - t > 30 * 60) stale = true;
+      if (j->value("hostname", "") == host && pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) stale = true;
+    }
+    if (stale) DUMONT_RETURN_STATUS_IF_ERROR(backend_->Remove({FileType::kLock, f.name}));
+  }
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<Repository::Lock>> Repository::LockRepo(bool exclusive) {
+  DUMONT_RETURN_IF_ERROR(RemoveStaleLocks(false));
+  auto conflicts = [&](const std::string& mine) -> Status {
+    auto files = backend_->List(FileType::kLock);
+    if (!files) return files.error();
+    for (const auto& f : *files) {
+      if (f.name == mine) continue;
+      auto j = LoadJsonFile({FileType::kLock, f.name});
+      if (!j) continue;
+      if (exclusive || j->value("exclusive", false)) {
+        return Status::Conflict("the repository is locked (" + std::string(j->value("exclusive", false) ? "exclusive" : "shared") +
+                                ") by PID " + std::to_string(j->value("pid", 0)) + " on " + j->value("hostname", "?") +
+                                " since " + Rfc3339(j->value("time_unix", int64_t{0})) +
+                                "; if that process is gone, run `dumont snapshot unlock`");
+      }
+    }
+    return Status::Ok();
+  };
+  DUMONT_RETURN_IF_ERROR(conflicts(""));
+  json lock = {{"time_unix", NowUnix()}, {"exclusive", exclusive}, {"hostname", Hostname()},
+               {"username", Username()}, {"pid", static_cast<int>(getpid())}};
+  std::string name = HexEncode(RandomBytes(32));
+  // Locks are named randomly (not by content) so two identical lock bodies never collide.
+  std::string text = lock.dump();
+  std::string plain;
+  plain.push_back(0);
+  uint64_t raw = text.size();
+  plain.append(reinterpret_cast<const char*>(&raw), 8);
+  plain += text;
+  DUMONT_RETURN_IF_ERROR(backend_->Save({FileType::kLock, name}, Seal(key_, plain)));
+  Status again = conflicts(name);  // someone raced us: back off
+  if (!again.ok()) {
+    (void)backend_->Remove({FileType::kLock, name});
+    return Err(again);
+  }
+  return std::make_unique<Lock>(this, name);
+}
+
+}  // namespace dumont::snapshot

@@ -1,0 +1,180 @@
+// Repository: keys, config, the in-memory index, blob storage in packs, snapshot manifests and locks,
+// on top of a Backend. The on-disk format is docs/repository-format.md; this file implements it.
+//
+// Write ordering (the crash-safety invariant): a blob is referenced by an index only after its pack
+// is stored; a snapshot is stored only after the index that covers all its blobs. Deletion (prune)
+// runs in reverse under an exclusive lock. A crash therefore leaves at worst unreferenced packs
+// (reported by check, removed by prune), never a snapshot that points at missing data.
+//
+// Thread safety: SaveBlob, LoadBlob, HasBlob may be called from many threads; Flush and the snapshot
+// methods from one thread at a time.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+#include "common/thread_pool.h"
+#include "snapshot/backend.h"
+#include "snapshot/chunker.h"
+#include "snapshot/compress.h"
+#include "snapshot/crypto.h"
+
+namespace dumont::snapshot {
+
+inline constexpr int kRepoVersion = 1;
+
+enum class BlobType : uint8_t { kData = 0, kTree = 1 };
+
+struct BlobLocation {
+  Id pack;
+  BlobType type = BlobType::kData;
+  uint32_t offset = 0;
+  uint32_t length = 0;      // stored (sealed) length in the pack
+  uint32_t raw_length = 0;  // plaintext length
+  Compression compression = Compression::kNone;
+};
+
+struct RepoConfig {
+  int version = kRepoVersion;
+  std::string id;
+  ChunkerParams chunker;
+  uint64_t gear_seed = 0;
+  std::string created;
+};
+
+struct SnapshotManifest {
+  std::string time;  // RFC 3339 UTC
+  int64_t time_unix = 0;
+  int64_t time_ns = 0;  // orders snapshots taken within one second
+  Id tree{};
+  std::vector<std::string> paths;
+  std::string hostname;
+  std::string username;
+  std::vector<std::string> tags;
+  std::optional<Id> parent;
+  nlohmann::json summary = nlohmann::json::object();
+};
+
+struct InitOptions {
+  bool fast_kdf = false;  // tests only
+  ChunkerParams chunker;
+};
+
+struct PackHeaderEntry {
+  Id id;
+  BlobType type;
+  uint32_t offset, length, raw_length;
+  Compression compression;
+};
+
+// Parses a pack file: trailer, sealed header. Errors name the pack.
+Result<std::vector<PackHeaderEntry>> ReadPackHeader(const MasterKey& key, const std::string& pack_name,
+                                                    std::string_view pack);
+
+class Repository {
+ public:
+  static Result<std::unique_ptr<Repository>> Init(std::unique_ptr<Backend> backend, std::string_view password,
+                                                  const InitOptions& opts = {});
+  static Result<std::unique_ptr<Repository>> Open(std::unique_ptr<Backend> backend, std::string_view password);
+  ~Repository();
+
+  Backend& backend() { return *backend_; }
+  const RepoConfig& config() const { return config_; }
+  const MasterKey& key() const { return key_; }
+  Chunker MakeChunker() const { return Chunker(config_.chunker, config_.gear_seed); }
+
+  void SetCompression(CompressionMode m) { compression_ = m; }
+  void SetPackSize(size_t bytes) { pack_target_ = bytes; }
+
+  Id BlobId(std::string_view plaintext) const { return ContentId(key_, plaintext); }
+  bool HasBlob(const Id& id);
+  // Stores the blob unless the repository already has it (or it is being stored). Returns true if
+  // this call stored it. `stored_bytes` (optional) receives the sealed size added.
+  Result<bool> SaveBlob(BlobType t, const Id& id, std::string_view plaintext, uint64_t* stored_bytes = nullptr);
+  Result<std::string> LoadBlob(const Id& id);
+  std::optional<BlobLocation> Lookup(const Id& id);
+  // Writes every pending pack, then an index file covering them. After Flush returns ok, every
+  // saved blob is durable and indexed.
+  Status Flush();
+
+  Result<Id> SaveSnapshot(const SnapshotManifest& m);
+  Result<std::vector<std::pair<Id, SnapshotManifest>>> ListSnapshots();  // oldest first
+  Result<SnapshotManifest> LoadSnapshot(const Id& id);
+  // "latest", a full id or a unique prefix (at least 4 hex characters).
+  Result<std::pair<Id, SnapshotManifest>> FindSnapshot(const std::string& ref);
+
+  // Loads every index file; called by Open. Errors name the index file.
+  Status LoadIndex();
+  size_t IndexedBlobs();
+  std::vector<std::string> IndexFiles() const { return index_files_; }
+  // Snapshot of the whole index (pack -> blobs), for check and prune.
+  std::map<Id, std::vector<std::pair<Id, BlobLocation>>> IndexByPack();
+  // Drops a pack's blobs from the in-memory index (prune, before copying or deleting it).
+  void ForgetPack(const Id& pack);
+  // Replaces all index files with one covering exactly `keep` (prune).
+  Status RewriteIndex(const std::map<Id, std::vector<std::pair<Id, BlobLocation>>>& keep);
+
+  // Keys
+  Status AddKey(std::string_view password, bool fast_kdf);
+  Status RemoveKey(const std::string& key_name);
+  // Adds a key for `password`, switches to it and removes the key this repository was opened with.
+  Status ChangePassword(std::string_view password, bool fast_kdf);
+  const std::string& key_name() const { return key_name_; }
+
+  // Locks: shared for backup, exclusive for forget/prune. Stale locks (older than 30 min, or held
+  // by a dead process on this host) are ignored and removed.
+  class Lock {
+   public:
+    Lock(Repository* r, std::string name) : repo_(r), name_(std::move(name)) {}
+    ~Lock();
+   private:
+    Repository* repo_;
+    std::string name_;
+  };
+  Result<std::unique_ptr<Lock>> LockRepo(bool exclusive);
+  Status RemoveStaleLocks(bool all);
+
+ private:
+  explicit Repository(std::unique_ptr<Backend> b);
+  struct PendingPack;
+  Status SealAndQueueLocked(std::unique_lock<std::mutex>& lock);
+  Status WritePack(std::shared_ptr<PendingPack> p);
+  Status WriteIndexLocked(std::unique_lock<std::mutex>& lock);
+  Result<std::string> SaveJsonFile(FileType t, const nlohmann::json& j);
+  Result<nlohmann::json> LoadJsonFile(const Handle& h);
+
+  std::unique_ptr<Backend> backend_;
+  RepoConfig config_;
+  MasterKey key_;
+  std::string key_name_;
+  CompressionMode compression_ = CompressionMode::kAuto;
+  size_t pack_target_ = 16 * 1024 * 1024;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::unordered_map<Id, BlobLocation, IdHash> index_;
+  std::unordered_set<Id, IdHash> pending_ids_;  // in an open or uploading pack
+  std::shared_ptr<PendingPack> open_pack_;
+  int uploads_in_flight_ = 0;
+  Status upload_error_;  // sticky
+  std::vector<std::pair<Id, std::vector<std::pair<Id, BlobLocation>>>> unindexed_;  // uploaded packs
+  std::vector<std::string> index_files_;
+  std::unique_ptr<ThreadPool> uploaders_;
+};
+
+std::string Rfc3339(int64_t unix_seconds);
+
+}  // namespace dumont::snapshot

@@ -1,0 +1,592 @@
+// The snapshot engine: chunker, compression, crypto, the backend contract on mem and local, and the
+// repository end to end (backup, incremental, restore fidelity, corruption, hostile manifests, crash
+// safety, retention and prune).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+
+#include <gtest/gtest.h>
+
+#include "snapshot/archiver.h"
+#include "snapshot/backend_retry.h"
+#include "snapshot/chunker.h"
+#include "snapshot/compress.h"
+#include "snapshot/crypto.h"
+#include "snapshot/maintenance.h"
+#include "snapshot/repository.h"
+#include "snapshot/restorer.h"
+#include "snapshot/backend_s3.h"
+#include "snapshot/rgw_env.h"
+#include "snapshot/tree.h"
+#include "test_util.h"
+
+namespace dumont::snapshot {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::TempDir;
+
+std::string RandomData(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string s(n, '\0');
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(s.data() + i, &v, 8);
+  }
+  return s;
+}
+
+void WriteFile(const std::string& path, const std::string& data) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream(path, std::ios::binary) << data;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::vector<std::string> Chunks(const Chunker& c, const std::string& data) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (pos < data.size()) {
+    size_t n = c.Cut(reinterpret_cast<const uint8_t*>(data.data() + pos), data.size() - pos);
+    out.push_back(data.substr(pos, n));
+    pos += n;
+  }
+  return out;
+}
+
+TEST(Chunker, BoundsAndDeterminism) {
+  ChunkerParams p{64 * 1024, 16, 512 * 1024};
+  Chunker c(p, 42);
+  std::string data = RandomData(8 << 20, 1);
+  auto chunks = Chunks(c, data);
+  size_t total = 0;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    total += chunks[i].size();
+    if (i + 1 < chunks.size()) {
+      EXPECT_GE(chunks[i].size(), p.min_size);
+      EXPECT_LE(chunks[i].size(), p.max_size);
+    }
+  }
+  EXPECT_EQ(total, data.size());
+  double avg = static_cast<double>(data.size()) / chunks.size();
+  EXPECT_GT(avg, 64 * 1024 * 1.2);
+  EXPECT_LT(avg, 256 * 1024);
+  EXPECT_EQ(Chunks(c, data), chunks);
+  // Another seed cuts elsewhere (boundaries do not fingerprint content across repositories).
+  EXPECT_NE(Chunks(Chunker(p, 43), data), chunks);
+}
+
+TEST(Chunker, AnInsertOnlyShiftsNearbyChunks) {
+  ChunkerParams p{16 * 1024, 14, 128 * 1024};
+  Chunker c(p, 7);
+  std::string data = RandomData(4 << 20, 2);
+  auto before = Chunks(c, data);
+  std::string edited = data;
+  edited.insert(data.size() / 2, "some inserted bytes");
+  auto after = Chunks(c, edited);
+  std::set<std::string> old_set(before.begin(), before.end());
+  size_t shared = 0;
+  for (const auto& ch : after) shared += old_set.count(ch);
+  EXPECT_GE(shared + 3, before.size()) << "an insert changed more than the chunks around it";
+}
+
+TEST(Compression, RoundTripsAndStoresIncompressibleRaw) {
+  std::string text;
+  for (int i = 0; i < 20000; ++i) text += "line " + std::to_string(i) + " of a training log\n";
+  for (auto mode : {CompressionMode::kAuto, CompressionMode::kZstd, CompressionMode::kLz4}) {
+    Compression used;
+    std::string c = Compress(text, mode, &used);
+    EXPECT_NE(used, Compression::kNone);
+    EXPECT_LT(c.size(), text.size() / 3);
+    EXPECT_EQ(*Decompress(c, used, text.size()), text);
+  }
+  std::string random = RandomData(1 << 20, 3);
+  EXPECT_GT(SampleEntropy(random), 7.9);
+  Compression used;
+  std::string stored = Compress(random, CompressionMode::kAuto, &used);
+  EXPECT_EQ(used, Compression::kNone);
+  EXPECT_EQ(stored, random);
+  Compression off;
+  Compress(text, CompressionMode::kOff, &off);
+  EXPECT_EQ(off, Compression::kNone);
+  EXPECT_FALSE(Decompress("garbage!", Compression::kZstd, 100));
+  EXPECT_FALSE(Decompress("garbage!", Compression::kLz4, 100));
+}
+
+TEST(Crypto, SealDetectsTamperingAndIdsAreKeyed) {
+  MasterKey k = MasterKey::Random(), other = MasterKey::Random();
+  std::string sealed = Seal(k, "secret weights");
+  EXPECT_EQ(sealed.size(), 14 + kSealOverhead);
+  EXPECT_EQ(*Unseal(k, sealed), "secret weights");
+  EXPECT_NE(Seal(k, "secret weights"), sealed);  // random nonce
+  EXPECT_EQ(Unseal(other, sealed).error().code(), Code::kCorruption);
+  std::string flipped = sealed;
+  flipped[15] ^= 1;
+  EXPECT_FALSE(Unseal(k, flipped));
+  EXPECT_FALSE(Unseal(k, sealed.substr(0, sealed.size() - 1)));
+  EXPECT_NE(ContentId(k, "x"), ContentId(other, "x"));
+  EXPECT_NE(ContentId(k, "x"), Sha256("x"));
+}
+
+// ---- backend contract on mem, local and s3 (the loopback Ceph RGW of tests/rgw_harness.sh)
+
+// A fresh prefix in the test bucket, or nullptr with *why set.
+std::unique_ptr<Backend> NewTestS3Backend(std::string* why, bool* skip) {
+  if (!RgwEnvironment(why, skip)) return nullptr;
+  auto b = OpenBackend("s3:" + std::string(std::getenv("DUMONT_TEST_S3_ENDPOINT")) + "/dumont-contract/" + NewId("t"));
+  if (!b) {
+    *why = b.error().ToString();
+    return nullptr;
+  }
+  return std::move(*b);
+}
+
+class BackendContract : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == "s3") {
+      std::string why;
+      bool skip = false;
+      b_ = NewTestS3Backend(&why, &skip);
+      if (skip) GTEST_SKIP() << "no S3 server (ctest provides the RGW fixture)";
+      ASSERT_TRUE(b_) << why;
+    } else {
+      b_ = GetParam() == "mem" ? NewMemBackend() : NewLocalBackend(dir_ / "repo");
+    }
+    ASSERT_TRUE(b_->Create().ok());
+  }
+  TempDir dir_;
+  std::unique_ptr<Backend> b_;
+};
+
+TEST_P(BackendContract, SaveLoadRangeStatListRemove) {
+  std::string id(64, 'a');
+  Handle h{FileType::kPack, id};
+  ASSERT_TRUE(b_->Save(h, "0123456789").ok());
+  EXPECT_EQ(*b_->Load(h), "0123456789");
+  EXPECT_EQ(*b_->Load(h, 2, 3), "234");
+  EXPECT_EQ(*b_->Load(h, 7), "789");
+  auto past = b_->Load(h, 8, 5);
+  ASSERT_FALSE(past);
+  EXPECT_EQ(past.error().code(), Code::kCorruption);
+  EXPECT_EQ(b_->Stat(h)->size, 10);
+  ASSERT_TRUE(b_->Save(h, "replaced").ok());
+  EXPECT_EQ(*b_->Load(h), "replaced");
+  ASSERT_TRUE(b_->Save({FileType::kSnapshot, std::string(64, 'b')}, "s").ok());
+  auto packs = b_->List(FileType::kPack);
+  ASSERT_EQ(packs->size(), 1u);
+  EXPECT_EQ(packs->front().name, id);
+  EXPECT_EQ(packs->front().size, 8);
+  EXPECT_EQ(b_->List(FileType::kSnapshot)->size(), 1u);
+  EXPECT_TRUE(b_->List(FileType::kIndex)->empty());
+  ASSERT_TRUE(b_->Remove(h).ok());
+  ASSERT_TRUE(b_->Remove(h).ok());  // idempotent
+  EXPECT_EQ(b_->Load(h).error().code(), Code::kNotFound);
+  EXPECT_EQ(b_->Stat(h).error().code(), Code::kNotFound);
+  ASSERT_TRUE(b_->Save({FileType::kConfig, ""}, "cfg").ok());
+  EXPECT_EQ(b_->Create().code(), Code::kAlreadyExists);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, BackendContract, ::testing::Values("mem", "local", "s3"),
+                         [](const auto& i) { return i.param; });
+
+// ---- repository end to end
+
+class RepoTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    repo_dir_ = dir_ / "repo";
+    InitOptions o;
+    o.fast_kdf = true;
+    o.chunker = {16 * 1024, 15, 256 * 1024};  // small chunks so small test files still split
+    auto r = Repository::Init(NewLocalBackend(repo_dir_), "pw", o);
+    ASSERT_TRUE(r) << r.error().ToString();
+    src_ = dir_ / "ws";
+    WriteFile(src_ + "/data/weights.bin", RandomData(3 << 20, 9));
+    std::string log;
+    for (int i = 0; i < 50000; ++i) log += "step " + std::to_string(i) + " loss 0.1\n";
+    WriteFile(src_ + "/logs/train.log", log);
+    WriteFile(src_ + "/code/main.py", "print('hi')\n");
+    fs::create_directories(src_ + "/empty/dir");
+    fs::create_symlink("../code/main.py", src_ + "/data/link.py");
+    fs::create_hard_link(src_ + "/code/main.py", src_ + "/code/alias.py");
+    ::chmod((src_ + "/code/main.py").c_str(), 0751);
+    // Sparse: a hole of 4 MiB, then data.
+    {
+      int fd = ::open((src_ + "/data/sparse.img").c_str(), O_WRONLY | O_CREAT, 0644);
+      ASSERT_EQ(::pwrite(fd, "tail", 4, 4 << 20), 4);
+      ::close(fd);
+    }
+    timespec ts[2] = {{1600000000, 123456789}, {1600000000, 123456789}};
+    ::utimensat(AT_FDCWD, (src_ + "/logs/train.log").c_str(), ts, 0);
+  }
+  std::unique_ptr<Repository> OpenRepo(std::unique_ptr<Backend> b = nullptr) {
+    auto r = Repository::Open(b ? std::move(b) : NewLocalBackend(repo_dir_), "pw");
+    EXPECT_TRUE(r) << r.error().ToString();
+    return r ? std::move(*r) : nullptr;
+  }
+  BackupSummary MustBackup(Repository& repo) {
+    BackupOptions o;
+    o.paths = {src_};
+    auto s = Backup(repo, o);
+    EXPECT_TRUE(s) << s.error().ToString();
+    return s ? *s : BackupSummary{};
+  }
+  void ExpectSameTree(const std::string& a, const std::string& b) {
+    for (auto it = fs::recursive_directory_iterator(a); it != fs::recursive_directory_iterator(); ++it) {
+      std::string rel = it->path().lexically_relative(a).string();
+      std::string other = b + "/" + rel;
+      struct stat sa{}, sb{};
+      ASSERT_EQ(lstat(it->path().c_str(), &sa), 0);
+      ASSERT_EQ(lstat(other.c_str(), &sb), 0) << rel << " missing from restore";
+      EXPECT_EQ(sa.st_mode, sb.st_mode) << rel;
+      EXPECT_EQ(sa.st_size, sb.st_size) << rel;
+      if (!S_ISDIR(sa.st_mode)) {
+        EXPECT_EQ(sa.st_mtim.tv_sec, sb.st_mtim.tv_sec) << rel;
+        EXPECT_EQ(sa.st_mtim.tv_nsec, sb.st_mtim.tv_nsec) << rel;
+      }
+      if (S_ISREG(sa.st_mode)) EXPECT_TRUE(ReadFile(it->path()) == ReadFile(other)) << rel << " differs";
+      if (S_ISLNK(sa.st_mode)) EXPECT_EQ(fs::read_symlink(it->path()), fs::read_symlink(other)) << rel;
+    }
+  }
+  TempDir dir_;
+  std::string repo_dir_, src_;
+};
+
+TEST_F(RepoTest, WrongPasswordAndMissingRepositoryAreClear) {
+  auto bad = Repository::Open(NewLocalBackend(repo_dir_), "nope");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code(), Code::kUnauthenticated);
+  EXPECT_NE(bad.error().message().find("wrong password"), std::string::npos);
+  auto none = Repository::Open(NewLocalBackend(dir_ / "nothing"), "pw");
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.error().code(), Code::kNotFound);
+  EXPECT_NE(none.error().message().find("snapshot init"), std::string::npos);
+  EXPECT_EQ(Repository::Init(NewLocalBackend(repo_dir_), "pw").error().code(), Code::kAlreadyExists);
+}
+
+TEST_F(RepoTest, BackupRestoreKeepsContentModesTimesLinksHolesAndEmptyDirs) {
+  auto repo = OpenRepo();
+  auto s = MustBackup(*repo);
+  EXPECT_EQ(s.files_new, 5u);  // weights, sparse, train.log, main.py, alias.py (+ a symlink)
+  EXPECT_GT(s.bytes_added, 0u);
+  EXPECT_LT(s.bytes_added, s.bytes_total);  // the log compresses, the hole dedups
+  repo = OpenRepo();  // everything needed must be durable and indexed
+  auto snap = repo->FindSnapshot("latest");
+  ASSERT_TRUE(snap);
+  RestoreOptions ro;
+  ro.target = dir_ / "out";
+  auto r = Restore(*repo, snap->second.tree, ro);
+  ASSERT_TRUE(r) << r.error().ToString();
+  ExpectSameTree(src_, dir_ / "out/ws");
+  struct stat a{}, b{};
+  stat((dir_ / "out/ws/code/main.py").c_str(), &a);
+  stat((dir_ / "out/ws/code/alias.py").c_str(), &b);
+  EXPECT_EQ(a.st_ino, b.st_ino) << "hard link not restored as a link";
+  EXPECT_EQ(r->hardlinks, 1u);
+  struct stat sp{};
+  stat((dir_ / "out/ws/data/sparse.img").c_str(), &sp);
+  EXPECT_LT(sp.st_blocks * 512, 1 << 20) << "the hole was written out";
+  EXPECT_TRUE(fs::is_directory(dir_ / "out/ws/empty/dir"));
+}
+
+TEST_F(RepoTest, IncrementalBackupReadsOnlyChangedFiles) {
+  auto repo = OpenRepo();
+  auto first = MustBackup(*repo);
+  WriteFile(src_ + "/code/new.py", "x = 1\n");
+  auto second = MustBackup(*repo);
+  EXPECT_TRUE(second.parent.has_value());
+  EXPECT_EQ(second.files_new, 1u);
+  EXPECT_EQ(second.files_unchanged, 5u);
+  EXPECT_LT(second.bytes_read, 100u);
+  EXPECT_LT(second.bytes_added, 4096u);
+  // Appending to the big file re-reads it but stores only the changed tail chunks.
+  {
+    std::ofstream(src_ + "/data/weights.bin", std::ios::app) << "appended";
+  }
+  auto third = MustBackup(*repo);
+  EXPECT_EQ(third.files_changed, 1u);
+  EXPECT_LT(third.bytes_added, 300u * 1024) << "an append stored far more than its chunk";
+  auto snaps = repo->ListSnapshots();
+  ASSERT_EQ(snaps->size(), 3u);
+  EXPECT_EQ(IdHex(*snaps->back().second.parent), IdHex(snaps->at(1).first));
+}
+
+TEST_F(RepoTest, IncludeRestoresOneSubtree) {
+  auto repo = OpenRepo();
+  MustBackup(*repo);
+  auto snap = repo->FindSnapshot("latest");
+  RestoreOptions ro;
+  ro.target = dir_ / "part";
+  ro.include = "ws/logs";
+  ASSERT_TRUE(Restore(*repo, snap->second.tree, ro));
+  EXPECT_TRUE(fs::exists(dir_ / "part/ws/logs/train.log"));
+  EXPECT_FALSE(fs::exists(dir_ / "part/ws/data"));
+  ro.include = "ws/nope";
+  auto missing = Restore(*repo, snap->second.tree, ro);
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code(), Code::kNotFound);
+}
+
+TEST_F(RepoTest, CorruptedPackIsDetectedAndNamed) {
+  {
+    auto repo = OpenRepo();
+    MustBackup(*repo);
+  }
+  // Flip one byte in the middle of the largest data blob (weights.bin's chunks).
+  std::string victim;
+  uint64_t at = 0;
+  {
+    auto repo = OpenRepo();
+    uint32_t best = 0;
+    for (const auto& [pack, blobs] : repo->IndexByPack()) {
+      for (const auto& [id, l] : blobs) {
+        if (l.type == BlobType::kData && l.length > best) {
+          best = l.length;
+          victim = IdHex(pack);
+          at = l.offset + l.length / 2;
+        }
+      }
+    }
+  }
+  ASSERT_FALSE(victim.empty());
+  std::string path = repo_dir_ + "/data/" + victim.substr(0, 2) + "/" + victim;
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(at));
+    char c = static_cast<char>(f.get());
+    f.seekp(static_cast<std::streamoff>(at));
+    f.put(static_cast<char>(c ^ 0x55));
+  }
+  auto repo = OpenRepo();
+  auto fast = Check(*repo, false);
+  ASSERT_TRUE(fast);
+  EXPECT_TRUE(fast->errors.empty()) << "structure is intact";
+  auto full = Check(*repo, true);
+  ASSERT_TRUE(full);
+  ASSERT_FALSE(full->errors.empty());
+  EXPECT_NE(full->errors.front().find(victim), std::string::npos) << full->errors.front();
+  auto snap = repo->FindSnapshot("latest");
+  RestoreOptions ro;
+  ro.target = dir_ / "out";
+  auto r = Restore(*repo, snap->second.tree, ro);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code(), Code::kCorruption);
+  EXPECT_NE(r.error().message().find(victim), std::string::npos) << r.error().message();
+}
+
+TEST_F(RepoTest, MissingPackAndTruncatedIndexAreNamed) {
+  {
+    auto repo = OpenRepo();
+    MustBackup(*repo);
+  }
+  auto b = NewLocalBackend(repo_dir_);
+  auto idx = b->List(FileType::kIndex);
+  ASSERT_EQ(idx->size(), 1u);
+  std::string ipath = repo_dir_ + "/index/" + idx->front().name;
+  std::string good = ReadFile(ipath);
+  WriteFile(ipath, good.substr(0, good.size() / 2));
+  auto r = Repository::Open(NewLocalBackend(repo_dir_), "pw");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("index/" + idx->front().name), std::string::npos) << r.error().message();
+  WriteFile(ipath, good);
+  auto pack = b->List(FileType::kPack)->front().name;
+  ASSERT_TRUE(b->Remove({FileType::kPack, pack}).ok());
+  auto repo = OpenRepo();
+  auto c = Check(*repo, false);
+  ASSERT_FALSE(c->errors.empty());
+  EXPECT_NE(c->errors.front().find(pack), std::string::npos);
+}
+
+TEST_F(RepoTest, HostileTreeNamesNeverEscapeTheTarget) {
+  auto repo = OpenRepo();
+  for (std::string evil : {"..", "../escape", "/etc", "a/b", ""}) {
+    Node n;
+    n.name = evil;
+    n.type = "file";
+    n.mode = 0644;
+    std::string blob = EncodeTree({n});
+    Id id = repo->BlobId(blob);
+    ASSERT_TRUE(repo->SaveBlob(BlobType::kTree, id, blob));
+    ASSERT_TRUE(repo->Flush().ok());
+    RestoreOptions ro;
+    ro.target = dir_ / "target";
+    auto r = Restore(*repo, id, ro);
+    ASSERT_FALSE(r) << "accepted name '" << evil << "'";
+    EXPECT_EQ(r.error().code(), Code::kCorruption);
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "escape"));
+  // Duplicate names are refused too (a dir and a symlink of the same name could redirect writes).
+  Node a, b;
+  a.name = b.name = "x";
+  a.type = b.type = "file";
+  EXPECT_FALSE(DecodeTree(EncodeTree({a, b}), "w"));
+}
+
+TEST_F(RepoTest, UnknownFormatVersionIsRefused) {
+  auto repo = OpenRepo();
+  std::string cfg = R"({"version":99,"id":"x","chunker":{"min":1,"avg_bits":20,"max":2},"gear_seed":"1"})";
+  ASSERT_TRUE(repo->backend().Save({FileType::kConfig, ""}, Seal(repo->key(), cfg)).ok());
+  auto r = Repository::Open(NewLocalBackend(repo_dir_), "pw");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code(), Code::kFailedPrecondition);
+  EXPECT_NE(r.error().message().find("version 99"), std::string::npos);
+}
+
+TEST_F(RepoTest, FailedUploadsLeaveARepositoryThatChecksAndTheNextBackupFinishes) {
+  for (int64_t fail_at : {3, 6, 9}) {
+    SCOPED_TRACE(fail_at);
+    {
+      auto failing = std::make_unique<FailingBackend>(NewLocalBackend(repo_dir_), 0, 0, Status::Ok());
+      FailingBackend* fb = failing.get();
+      auto repo = OpenRepo(std::move(failing));
+      ASSERT_TRUE(repo);
+      fb->FailAfter(fail_at, -1, FailingBackend::Permanent());
+      WriteFile(src_ + "/data/extra" + std::to_string(fail_at), RandomData(1 << 20, fail_at));
+      BackupOptions o;
+      o.paths = {src_};
+      auto s = Backup(*repo, o);
+      EXPECT_FALSE(s);
+    }
+    auto repo = OpenRepo();
+    auto c = Check(*repo, true);
+    ASSERT_TRUE(c);
+    EXPECT_TRUE(c->errors.empty()) << c->errors.front();
+    MustBackup(*repo);
+    auto after = Check(*repo, true);
+    EXPECT_TRUE(after->errors.empty());
+  }
+}
+
+TEST_F(RepoTest, ChangePasswordReplacesTheKey) {
+  auto repo = OpenRepo();
+  ASSERT_TRUE(repo->ChangePassword("new-pw", true).ok());
+  EXPECT_FALSE(Repository::Open(NewLocalBackend(repo_dir_), "pw"));
+  EXPECT_TRUE(Repository::Open(NewLocalBackend(repo_dir_), "new-pw"));
+  EXPECT_EQ(NewLocalBackend(repo_dir_)->List(FileType::kKey)->size(), 1u);
+}
+
+TEST_F(RepoTest, ExclusiveLockConflictsAndNamesTheHolder) {
+  auto a = OpenRepo();
+  auto b = OpenRepo();
+  auto shared = a->LockRepo(false);
+  ASSERT_TRUE(shared);
+  EXPECT_TRUE(b->LockRepo(false));  // shared + shared is fine
+  auto ex = b->LockRepo(true);
+  ASSERT_FALSE(ex);
+  EXPECT_EQ(ex.error().code(), Code::kConflict);
+  EXPECT_NE(ex.error().message().find("PID " + std::to_string(getpid())), std::string::npos);
+  shared->reset();
+  EXPECT_TRUE(b->LockRepo(true));
+}
+
+TEST_F(RepoTest, BackupAndRestoreThroughS3) {
+  std::string why;
+  bool skip = false;
+  auto backend = NewTestS3Backend(&why, &skip);
+  if (skip) GTEST_SKIP() << "no S3 server (ctest provides the RGW fixture)";
+  ASSERT_TRUE(backend) << why;
+  std::string location = backend->Location();
+  InitOptions o;
+  o.fast_kdf = true;
+  ASSERT_TRUE(Repository::Init(std::move(backend), "pw", o));
+  auto repo = Repository::Open(std::move(*OpenBackend(location)), "pw");
+  ASSERT_TRUE(repo) << repo.error().ToString();
+  MustBackup(**repo);
+  auto again = Repository::Open(std::move(*OpenBackend(location)), "pw");
+  ASSERT_TRUE(again);
+  auto snap = (*again)->FindSnapshot("latest");
+  ASSERT_TRUE(snap);
+  RestoreOptions ro;
+  ro.target = dir_ / "from-s3";
+  ASSERT_TRUE(Restore(**again, snap->second.tree, ro));
+  ExpectSameTree(src_, dir_ / "from-s3/ws");
+  auto c = Check(**again, true);
+  ASSERT_TRUE(c);
+  EXPECT_TRUE(c->errors.empty());
+}
+
+TEST(Retention, KeepsNewestPerPeriod) {
+  const int64_t s = 1'000'000'000;  // times are Unix nanoseconds
+  int64_t day = 86400 * s;
+  int64_t t0 = (1700000000 - 1700000000 % 86400) * s;  // midnight UTC
+  std::vector<int64_t> times;
+  for (int d = 0; d < 10; ++d) {
+    times.push_back(t0 + d * day + 3600 * s);
+    times.push_back(t0 + d * day + 7200 * s);
+  }
+  auto keep = ApplyRetention(times, {.keep_daily = 3});
+  int kept = 0;
+  for (size_t i = 0; i < keep.size(); ++i) {
+    if (keep[i]) {
+      ++kept;
+      EXPECT_EQ((times[i] - t0) % day, 7200 * s) << "kept an older snapshot of its day";
+      EXPECT_GE(times[i], t0 + 7 * day);
+    }
+  }
+  EXPECT_EQ(kept, 3);
+  auto last = ApplyRetention(times, {.keep_last = 2});
+  EXPECT_TRUE(last[19] && last[18] && !last[17]);
+  auto none = ApplyRetention(times, {});
+  EXPECT_EQ(std::count(none.begin(), none.end(), true), 0);
+  auto both = ApplyRetention(times, {.keep_last = 1, .keep_weekly = 2});
+  EXPECT_GE(std::count(both.begin(), both.end(), true), 2);
+  // Snapshots within one second are still ordered.
+  auto close = ApplyRetention({5 * s + 1, 5 * s + 2, 5 * s}, {.keep_last = 1});
+  EXPECT_TRUE(close[1] && !close[0] && !close[2]);
+}
+
+TEST_F(RepoTest, ForgetAndPruneFreeSpaceAndLeaveACleanRepository) {
+  auto repo = OpenRepo();
+  MustBackup(*repo);
+  fs::remove(src_ + "/data/weights.bin");
+  WriteFile(src_ + "/data/other.bin", RandomData(2 << 20, 77));
+  MustBackup(*repo);
+  auto forgot = Forget(*repo, {.keep_last = 1}, false);
+  ASSERT_TRUE(forgot);
+  EXPECT_EQ(forgot->removed.size(), 1u);
+  auto pr = Prune(*repo);
+  ASSERT_TRUE(pr) << pr.error().ToString();
+  EXPECT_GT(pr->bytes_freed, 2u << 20);
+  auto reopened = OpenRepo();
+  auto c = Check(*reopened, true);
+  ASSERT_TRUE(c);
+  EXPECT_TRUE(c->errors.empty()) << c->errors.front();
+  EXPECT_TRUE(c->warnings.empty());
+  auto snap = reopened->FindSnapshot("latest");
+  RestoreOptions ro;
+  ro.target = dir_ / "out";
+  ASSERT_TRUE(Restore(*reopened, snap->second.tree, ro));
+  EXPECT_TRUE(ReadFile(dir_ / "out/ws/data/other.bin") == ReadFile(src_ + "/data/other.bin"));
+  EXPECT_FALSE(Forget(*reopened, {}, false));
+}
+
+TEST_F(RepoTest, RestoreIntoAFullDiskFailsWithTheFileName) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a tiny tmpfs";
+  std::string mnt = dir_ / "tiny";
+  fs::create_directories(mnt);
+  if (system(("mount -t tmpfs -o size=1m tmpfs " + mnt + " 2>/dev/null").c_str()) != 0) {
+    GTEST_SKIP() << "cannot mount tmpfs here";
+  }
+  auto repo = OpenRepo();
+  MustBackup(*repo);
+  auto snap = repo->FindSnapshot("latest");
+  RestoreOptions ro;
+  ro.target = mnt;
+  auto r = Restore(*repo, snap->second.tree, ro);
+  system(("umount " + mnt).c_str());
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("disk is full"), std::string::npos) << r.error().message();
+  EXPECT_NE(r.error().message().find(mnt), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dumont::snapshot
