@@ -31,3 +31,11 @@ clean:
 
 format:
 	find src app tests -name '*.cc' -o -name '*.h' | xargs clang-format -i
+
+# Benchmarks (not part of `make test`): dumont vs restic on generated workspaces, see bench/README.md.
+# BENCH_SIZES="0.5" for a quick run (default "2 7"); results in bench/results/snapshot.json.
+.PHONY: bench bench-snapshot
+bench: bench-snapshot
+
+bench-snapshot: build
+	bash bench/snapshot_bench.sh

@@ -233,7 +233,16 @@ Result<PruneResult> Prune(Repository& repo) {
     }
     // Packs with a little waste are kept whole; rewriting them would cost more than it frees.
   }
-  if (remove_packs.empty()) return r;
+  // Packs no index mentions were left by interrupted backups; under the exclusive lock no backup
+  // is running, so they can go.
+  auto listed = repo.backend().List(FileType::kPack);
+  if (!listed) return Err(listed.error());
+  std::vector<FileInfo> orphans;
+  for (const auto& f : *listed) {
+    Id id;
+    if (!ParseId(f.name, &id) || !by_pack.count(id)) orphans.push_back(f);
+  }
+  if (remove_packs.empty() && orphans.empty()) return r;
   for (const auto& p : remove_packs) repo.ForgetPack(p);
   DUMONT_RETURN_IF_ERROR(repo.Flush());
   // The index now holds kept packs plus the new ones.
@@ -241,6 +250,11 @@ Result<PruneResult> Prune(Repository& repo) {
   for (const auto& p : remove_packs) {
     DUMONT_RETURN_IF_ERROR(repo.backend().Remove({FileType::kPack, IdHex(p)}));
     ++r.packs_deleted;
+  }
+  for (const auto& f : orphans) {
+    DUMONT_RETURN_IF_ERROR(repo.backend().Remove({FileType::kPack, f.name}));
+    ++r.packs_deleted;
+    r.bytes_freed += static_cast<uint64_t>(f.size);
   }
   return r;
 }

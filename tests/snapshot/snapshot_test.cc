@@ -449,6 +449,7 @@ TEST_F(RepoTest, FailedUploadsLeaveARepositoryThatChecksAndTheNextBackupFinishes
       FailingBackend* fb = failing.get();
       auto repo = OpenRepo(std::move(failing));
       ASSERT_TRUE(repo);
+      repo->SetPackSize(256 * 1024);  // several packs per backup, so some land before the failure
       fb->FailAfter(fail_at, -1, FailingBackend::Permanent());
       WriteFile(src_ + "/data/extra" + std::to_string(fail_at), RandomData(1 << 20, fail_at));
       BackupOptions o;
@@ -464,6 +465,16 @@ TEST_F(RepoTest, FailedUploadsLeaveARepositoryThatChecksAndTheNextBackupFinishes
     auto after = Check(*repo, true);
     EXPECT_TRUE(after->errors.empty());
   }
+  // Prune removes the packs the failed backups left behind.
+  auto repo = OpenRepo();
+  auto before = Check(*repo, false);
+  ASSERT_TRUE(before);
+  EXPECT_FALSE(before->warnings.empty()) << "the failed backups should have left unindexed packs";
+  auto pr = Prune(*repo);
+  ASSERT_TRUE(pr) << pr.error().ToString();
+  auto clean = Check(*OpenRepo(), true);
+  EXPECT_TRUE(clean->errors.empty());
+  EXPECT_TRUE(clean->warnings.empty());
 }
 
 TEST_F(RepoTest, ChangePasswordReplacesTheKey) {
