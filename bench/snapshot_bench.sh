@@ -107,6 +107,31 @@ EOF
   log "$name: $(tail -n 1 "$RAW")"
 }
 
+# summary NAME LOGFILE: keep the tool's own JSON summary line (last line with message_type summary).
+summary() {
+  "$PY" - "$1" "$2" >> "$RAW" <<'EOF2'
+import json, sys
+name, path = sys.argv[1:]
+s = {}
+for line in open(path, errors="replace"):
+    try:
+        o = json.loads(line)
+    except ValueError:
+        continue
+    if isinstance(o, dict) and o.get("message_type") == "summary":
+        s = o
+print(json.dumps({"step": name + "/summary", "summary": s}))
+EOF2
+}
+
+# synced NAME: time a `sync` right after a restore (dirty pages the tool left for the kernel to write).
+synced() {
+  local t0 t1
+  t0=$(date +%s.%N); sync; t1=$(date +%s.%N)
+  echo "{\"step\":\"$1/sync\",\"wall_s\":$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b-a}')}" >> "$RAW"
+  log "$1: sync afterwards took $(tail -n 1 "$RAW")"
+}
+
 # manifest DIR OUTFILE: sorted "type path [sha256|link target|size]" lines for everything under DIR.
 manifest() {
   local dir="$1" out="$2"
@@ -154,13 +179,17 @@ for size in $SIZES; do
 
   # (a) first backup, cold
   timed "$size/dumont/backup" "$sd/dumont-backup.jsonl" "$DUMONT" snapshot --repo "$sd/repo-dumont" --json backup "$ws"
+  summary "$size/dumont/backup" "$sd/dumont-backup.jsonl"
   timed "$size/restic/backup" "$sd/restic-backup.jsonl" "$RESTIC" --repo "$sd/repo-restic" --json backup "$ws"
+  summary "$size/restic/backup" "$sd/restic-backup.jsonl"
 
   # (b) incremental backup after mutating the workspace
   log "mutating $MUTATE_PERCENT % of the files (seed $MUTATE_SEED)"
   "$PY" "$GEN" --mutate "$ws" --percent "$MUTATE_PERCENT" --seed "$MUTATE_SEED" > "$sd/mutate.json"
   timed "$size/dumont/incremental" "$sd/dumont-incr.jsonl" "$DUMONT" snapshot --repo "$sd/repo-dumont" --json backup "$ws"
+  summary "$size/dumont/incremental" "$sd/dumont-incr.jsonl"
   timed "$size/restic/incremental" "$sd/restic-incr.jsonl" "$RESTIC" --repo "$sd/repo-restic" --json backup "$ws"
+  summary "$size/restic/incremental" "$sd/restic-incr.jsonl"
   rbytes=$(find "$ws" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d", s}')
   echo "{\"step\":\"$size/restore_bytes\",\"bytes\":$rbytes}" >> "$RAW"
 
@@ -175,9 +204,11 @@ for size in $SIZES; do
   rd="$sd/restore"
   rm -rf -- "$rd"; mkdir -p "$rd"
   timed "$size/dumont/restore" "$sd/dumont-restore.jsonl" "$DUMONT" snapshot --repo "$sd/repo-dumont" --json restore latest --target "$rd"
+  synced "$size/dumont/restore"
   verify_restore dumont "$rd/$(basename "$ws")" "$sd/manifest.src"
   rm -rf -- "$rd"; mkdir -p "$rd"
   timed "$size/restic/restore" "$sd/restic-restore.log" "$RESTIC" --repo "$sd/repo-restic" restore latest --target "$rd"
+  synced "$size/restic/restore"
   verify_restore restic "$rd$ws" "$sd/manifest.src"    # restic restores the absolute path under target
   rm -rf -- "$rd"
 
@@ -211,6 +242,10 @@ for size in os.environ["SIZES"].split():
             "repo_bytes": steps[f"{size}/{tool}/repo"]["repo_bytes"],
             "backup_MBps": round(ws["bytes"] / 1e6 / b["wall_s"], 1),
             "restore_MBps": round(rbytes / 1e6 / r["wall_s"], 1),
+            "restore_sync_s": steps[f"{size}/{tool}/restore/sync"]["wall_s"],
+            "restore_incl_sync_MBps": round(rbytes / 1e6 / (r["wall_s"] + steps[f"{size}/{tool}/restore/sync"]["wall_s"]), 1),
+            "backup_summary": steps[f"{size}/{tool}/backup/summary"]["summary"],
+            "incremental_summary": steps[f"{size}/{tool}/incremental/summary"]["summary"],
         }
     d, r = entry["dumont"], entry["restic"]
     entry["ratios"] = {
@@ -237,6 +272,7 @@ doc = {
         "speedup": "restic time / dumont time (>1: dumont faster)",
         "repo_size_ratio": "dumont bytes / restic bytes (<1: dumont smaller), du -sb after both snapshots",
         "restore_MBps": "bytes of the restored (mutated) workspace / restore wall time, 1 MB = 1e6 bytes",
+        "restore_sync_s": "wall time of a `sync` run right after the restore exits (dirty pages still to write)",
         "settings": "both tools with defaults (restic: compression auto, repo v2)",
     },
     "sizes": results,
@@ -256,6 +292,7 @@ for e in results:
         ("incremental (5 % files), s", d["incremental_s"], r["incremental_s"], q["incremental_speedup"]),
         ("restore, s", d["restore_s"], r["restore_s"], q["restore_speedup"]),
         ("restore, MB/s", d["restore_MBps"], r["restore_MBps"], round(d["restore_MBps"] / r["restore_MBps"], 2)),
+        ("restore + sync, MB/s", d["restore_incl_sync_MBps"], r["restore_incl_sync_MBps"], round(d["restore_incl_sync_MBps"] / r["restore_incl_sync_MBps"], 2)),
         ("restore max RSS, MB", round(d["restore_max_rss_kb"] / 1024), round(r["restore_max_rss_kb"] / 1024), round(r["restore_max_rss_kb"] / d["restore_max_rss_kb"], 2)),
         ("repo size, MB", round(d["repo_bytes"] / 1e6), round(r["repo_bytes"] / 1e6), round(r["repo_bytes"] / d["repo_bytes"], 2)),
     ]

@@ -44,8 +44,8 @@ grep -q "wrong password" "$TMP/err" || fail "wrong password message: $(cat "$TMP
 pass "wrong password: exit 4 with a clear message"
 
 # kill -9 at several points of a backup of new data.
-for round in 1 2 3; do
-  head -c 40000000 /dev/urandom > "$SRC/models/shard-$round.bin"
+for round in $(seq 1 8); do
+  head -c 20000000 /dev/urandom > "$SRC/models/shard-$round.bin"
   $D snapshot -r "$R" backup "$SRC" >/dev/null 2>&1 &
   pid=$!
   sleep "0.$(( (RANDOM % 8) + 1 ))"
@@ -58,6 +58,21 @@ $D --json snapshot -r "$R" check --read-data | jq -e '.ok' >/dev/null || fail "c
 rm -rf "$TMP/out"; $D snapshot -r "$R" restore latest --target "$TMP/out" >/dev/null
 diff -r "$SRC" "$TMP/out/ws" || fail "restore after kills differs"
 pass "kill -9 during backups: check passes, next backup finishes, restore is identical"
+
+# kill -9 during prune: the repository must stay consistent and the next prune must finish.
+for round in $(seq 1 5); do
+  $D snapshot -r "$R" forget --keep-last $(( 9 - round )) >/dev/null
+  rm -f "$SRC/models/shard-$round.bin"
+  $D snapshot -r "$R" backup "$SRC" >/dev/null
+  $D snapshot -r "$R" prune >/dev/null 2>&1 &
+  pid=$!
+  sleep "0.0$(( RANDOM % 10 ))"
+  kill -9 $pid 2>/dev/null || true
+  wait $pid 2>/dev/null || true
+  $D --json snapshot -r "$R" check | jq -e '.ok' >/dev/null || fail "check after kill -9 of prune (round $round): $($D snapshot -r "$R" check 2>&1 | grep error | head -3)"
+  $D snapshot -r "$R" backup "$SRC" >/dev/null || fail "backup after kill -9 of prune (round $round)"
+done
+pass "kill -9 during prune: check passes and the next backup finishes"
 
 $D --json snapshot -r "$R" forget --keep-last 1 --prune | jq -e '(.removed | length) >= 4 and (.prune | has("bytes_freed"))' >/dev/null || fail "forget --prune"
 $D --json snapshot -r "$R" check --read-data | jq -e '.ok and (.warnings | length) == 0' >/dev/null || fail "check after prune"

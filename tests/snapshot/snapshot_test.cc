@@ -225,6 +225,14 @@ class RepoTest : public ::testing::Test {
       ASSERT_EQ(::pwrite(fd, "tail", 4, 4 << 20), 4);
       ::close(fd);
     }
+    // Edge cases: unicode names, a deep path, an empty file, a dangling link, odd characters.
+    WriteFile(src_ + "/données/模型/ünïcødé ✓.txt", "unicode\n");
+    std::string deep = src_ + "/deep";
+    for (int i = 0; i < 40; ++i) deep += "/level" + std::to_string(i);
+    WriteFile(deep + "/leaf.txt", "deep\n");
+    WriteFile(src_ + "/empty.txt", "");
+    WriteFile(src_ + "/odd name with spaces & 'quotes'\t.txt", "odd\n");
+    fs::create_symlink("does/not/exist", src_ + "/dangling");
     timespec ts[2] = {{1600000000, 123456789}, {1600000000, 123456789}};
     ::utimensat(AT_FDCWD, (src_ + "/logs/train.log").c_str(), ts, 0);
   }
@@ -276,7 +284,7 @@ TEST_F(RepoTest, WrongPasswordAndMissingRepositoryAreClear) {
 TEST_F(RepoTest, BackupRestoreKeepsContentModesTimesLinksHolesAndEmptyDirs) {
   auto repo = OpenRepo();
   auto s = MustBackup(*repo);
-  EXPECT_EQ(s.files_new, 5u);  // weights, sparse, train.log, main.py, alias.py (+ a symlink)
+  EXPECT_EQ(s.files_new, 9u);  // weights, sparse, train.log, main.py, alias.py, unicode, deep, empty, odd
   EXPECT_GT(s.bytes_added, 0u);
   EXPECT_LT(s.bytes_added, s.bytes_total);  // the log compresses, the hole dedups
   repo = OpenRepo();  // everything needed must be durable and indexed
@@ -305,7 +313,7 @@ TEST_F(RepoTest, IncrementalBackupReadsOnlyChangedFiles) {
   auto second = MustBackup(*repo);
   EXPECT_TRUE(second.parent.has_value());
   EXPECT_EQ(second.files_new, 1u);
-  EXPECT_EQ(second.files_unchanged, 5u);
+  EXPECT_EQ(second.files_unchanged, 9u);
   EXPECT_LT(second.bytes_read, 100u);
   EXPECT_LT(second.bytes_added, 4096u);
   // Appending to the big file re-reads it but stores only the changed tail chunks.
