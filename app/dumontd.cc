@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
 
   std::string url = "http://" + (opts.host == "0.0.0.0" ? std::string("127.0.0.1") : opts.host) + ":" +
                     std::to_string(server.port());
+  (*app)->Start(url);
   logger.Info("dumontd started", {{"version", DUMONT_VERSION}, {"url", url},
                                   {"database", (*app)->store().Backend()}, {"data_dir", cfg->data_dir}});
   std::printf("\nDumont Cloud is running at %s  (API reference: %s/docs)\n", url.c_str(), url.c_str());
@@ -123,6 +124,7 @@ int main(int argc, char** argv) {
     server.Stop();
   });
   server.Run();
+  (*app)->Shutdown();
   // Wake the signal thread if Run() ended for another reason.
   pthread_kill(signal_thread.native_handle(), SIGTERM);
   signal_thread.join();

@@ -170,7 +170,7 @@ for size in $SIZES; do
   log "== $size GB: generating workspace"
   "$PY" "$GEN" --out "$ws" --size-gb "$size" --seed "$SEED" --jobs 2 > "$sd/gen.json"
   files=$(find "$ws" -type f | wc -l)
-  bytes=$(find "$ws" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d", s}')
+  bytes=$(find "$ws" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f", s}')
   echo "{\"step\":\"workspace\",\"size_gb\":$size,\"files\":$files,\"bytes\":$bytes}" >> "$RAW"
   log "workspace: $files files, $bytes bytes"
 
@@ -190,7 +190,7 @@ for size in $SIZES; do
   summary "$size/dumont/incremental" "$sd/dumont-incr.jsonl"
   timed "$size/restic/incremental" "$sd/restic-incr.jsonl" "$RESTIC" --repo "$sd/repo-restic" --json backup "$ws"
   summary "$size/restic/incremental" "$sd/restic-incr.jsonl"
-  rbytes=$(find "$ws" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d", s}')
+  rbytes=$(find "$ws" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f", s}')
   echo "{\"step\":\"$size/restore_bytes\",\"bytes\":$rbytes}" >> "$RAW"
 
   # (d) repository size on disk (after both snapshots)

@@ -81,10 +81,12 @@ class TestServer {
     Status st = server_->Start();
     if (!st.ok()) throw std::runtime_error(st.ToString());
     thread_ = std::thread([this] { server_->Run(); });
+    app_->Start(url());
   }
   ~TestServer() {
     server_->Stop();
     thread_.join();
+    app_->Shutdown();
   }
   std::string url() const { return "http://127.0.0.1:" + std::to_string(server_->port()); }
   uint16_t port() const { return server_->port(); }
@@ -115,6 +117,7 @@ inline Config TestConfig(const std::string& data_dir, const std::string& db = ""
   cfg.data_dir = data_dir;
   cfg.db = db;
   cfg.auth_password_hash = "fast";
+  cfg.fleet_sim_provider = true;
   return cfg;
 }
 

@@ -1,8 +1,13 @@
 #include "api/app.h"
 
 #include <filesystem>
+#include <fstream>
+#include <unistd.h>
 
 #include <dumont/version.h>
+
+#include "provider/local.h"
+#include "provider/sim.h"
 
 namespace dumont::api {
 namespace {
@@ -60,6 +65,15 @@ class BearerAuthenticator final : public http::Authenticator {
   auth::AuthService& auth_;
 };
 
+// dumont-agent lives beside the running binary (build/bin/ or the install prefix's bin/).
+std::string AgentBinaryPath() {
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return "dumont-agent";
+  buf[n] = 0;
+  return (std::filesystem::path(buf).parent_path() / "dumont-agent").string();
+}
+
 auth::Identity ToIdentity(const http::Principal& p) {
   return auth::Identity{p.user_id, p.email, p.role, p.session_id, p.api_key_id};
 }
@@ -95,6 +109,19 @@ Result<std::unique_ptr<App>> App::Create(const Config& cfg, const Clock& clock, 
   auth::ParseHashCost(cfg.auth_password_hash, &opts.hash_cost);
   app->auth_ = std::make_unique<auth::AuthService>(*app->store_, clock, std::move(*key), opts);
 
+  fleet::FleetOptions fo;
+  fo.data_dir = cfg.data_dir;
+  fo.heartbeat_interval_s = cfg.fleet_heartbeat_interval_s;
+  fo.resync_interval_s = cfg.fleet_resync_interval_s;
+  app->fleet_ = std::make_unique<fleet::Fleet>(*app->store_, clock, logger, fo);
+  provider::LocalOptions lo;
+  lo.root = (std::filesystem::absolute(cfg.data_dir) / "machines").lexically_normal().string();
+  lo.agent_path = AgentBinaryPath();
+  lo.price_per_hour = cfg.fleet_local_price_per_hour;
+  std::filesystem::create_directories(lo.root, ec);
+  app->fleet_->AddProvider(provider::NewLocalProvider(lo));
+  if (cfg.fleet_sim_provider) app->fleet_->AddProvider(provider::NewSimProvider({}, clock));
+
   app->metrics_ = std::make_unique<http::Metrics>(DUMONT_VERSION, DUMONT_GIT_COMMIT, app->start_time_);
   app->authenticator_ = std::make_unique<BearerAuthenticator>(*app->auth_);
   app->router_ = std::make_unique<http::Router>(app->metrics_.get(), logger);
@@ -106,7 +133,15 @@ Result<std::unique_ptr<App>> App::Create(const Config& cfg, const Clock& clock, 
 void App::RegisterRoutes() {
   RegisterSystemRoutes();
   RegisterAuthRoutes();
+  RegisterFleetRoutes();
 }
+
+void App::Start(const std::string& public_url) {
+  fleet_->SetPublicUrl(cfg_.public_url.empty() ? public_url : cfg_.public_url);
+  fleet_->Start();
+}
+
+void App::Shutdown() { fleet_->Stop(); }
 
 void App::RegisterSystemRoutes() {
   router_->Add(RouteSpec{.method = "GET", .path = "/health", .summary = "Process and database health",

@@ -9,6 +9,7 @@
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "fleet/fleet.h"
 #include "http/metrics.h"
 #include "http/router.h"
 #include "store/store.h"
@@ -25,6 +26,10 @@ class App {
   http::Response Handle(http::Request& req) { return router_->Handle(req); }
   store::Store& store() { return *store_; }
   auth::AuthService& auth() { return *auth_; }
+  fleet::Fleet& fleet() { return *fleet_; }
+  // Once the listening port is known: tells agents where to reach us and starts the controllers.
+  void Start(const std::string& public_url);
+  void Shutdown();
   const Config& config() const { return cfg_; }
 
  private:
@@ -32,6 +37,7 @@ class App {
   void RegisterRoutes();
   void RegisterSystemRoutes();
   void RegisterAuthRoutes();
+  void RegisterFleetRoutes();
 
   Config cfg_;
   const Clock& clock_;
@@ -39,6 +45,7 @@ class App {
   double start_time_;
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<auth::AuthService> auth_;
+  std::unique_ptr<fleet::Fleet> fleet_;
   std::unique_ptr<http::Metrics> metrics_;
   std::unique_ptr<http::Authenticator> authenticator_;
   std::unique_ptr<http::Router> router_;

@@ -15,6 +15,7 @@ struct Binding {
   std::string Config::*str = nullptr;
   int64_t Config::*num = nullptr;
   bool Config::*flag = nullptr;
+  double Config::*real = nullptr;
 };
 
 const std::vector<Binding>& Bindings() {
@@ -37,6 +38,11 @@ const std::vector<Binding>& Bindings() {
       {{"auth.login_max_failures_per_address", T::kInt, "failed logins per client address per window before 429"}, nullptr, &Config::auth_login_max_failures_per_address},
       {{"auth.login_window_s", T::kInt, "login throttling window"}, nullptr, &Config::auth_login_window_s},
       {{"auth.password_hash", T::kString, "argon2id cost: interactive | moderate | fast (fast is for tests)"}, &Config::auth_password_hash},
+      {{"public_url", T::kString, "URL agents use to reach dumontd (default: http://<listen>)"}, &Config::public_url},
+      {{"fleet.heartbeat_interval_s", T::kInt, "agent heartbeat interval"}, nullptr, &Config::fleet_heartbeat_interval_s},
+      {{"fleet.resync_interval_s", T::kInt, "controllers re-check every instance this often"}, nullptr, &Config::fleet_resync_interval_s},
+      {{"fleet.sim_provider", T::kBool, "enable the in-memory sim provider (tests and demos)"}, nullptr, nullptr, &Config::fleet_sim_provider},
+      {{"fleet.local_price_per_hour", T::kNumber, "hourly price booked for local machines (savings ledger)"}, nullptr, nullptr, nullptr, &Config::fleet_local_price_per_hour},
   };
   return kBindings;
 }
@@ -84,6 +90,15 @@ Status Config::Set(const std::string& key, const std::string& value) {
     } catch (const std::exception&) {
       return Status::InvalidField(key, "configuration key '" + key + "' needs an integer, got '" + value + "'");
     }
+  } else if (b->real) {
+    try {
+      size_t pos = 0;
+      double v = std::stod(value, &pos);
+      if (pos != value.size()) throw std::invalid_argument("trailing");
+      this->*(b->real) = v;
+    } catch (const std::exception&) {
+      return Status::InvalidField(key, "configuration key '" + key + "' needs a number, got '" + value + "'");
+    }
   } else {
     if (value == "true" || value == "1" || value == "yes") this->*(b->flag) = true;
     else if (value == "false" || value == "0" || value == "no") this->*(b->flag) = false;
@@ -97,6 +112,11 @@ std::string Config::Get(const std::string& key) const {
   if (!b) return "";
   if (b->str) return this->*(b->str);
   if (b->num) return std::to_string(this->*(b->num));
+  if (b->real) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", this->*(b->real));
+    return buf;
+  }
   return (this->*(b->flag)) ? "true" : "false";
 }
 
@@ -159,6 +179,7 @@ Status ApplyToml(Config* cfg, const std::string& path) {
           std::string text;
           if (auto s = node.value<std::string>(); s && node.is_string()) text = *s;
           else if (node.is_integer()) text = std::to_string(*node.value<int64_t>());
+          else if (node.is_floating_point()) text = std::to_string(*node.value<double>());
           else if (node.is_boolean()) text = *node.value<bool>() ? "true" : "false";
           else {
             st = Status::InvalidField(name, "config file " + path + ": key '" + name +

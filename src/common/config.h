@@ -35,10 +35,15 @@ struct Config {
   int64_t auth_login_max_failures_per_address = 20;
   int64_t auth_login_window_s = 15 * 60;
   std::string auth_password_hash = "interactive";  // interactive | moderate | fast (tests only)
+  std::string public_url;                  // how agents reach dumontd; empty = from listen
+  int64_t fleet_heartbeat_interval_s = 10;
+  int64_t fleet_resync_interval_s = 30;
+  bool fleet_sim_provider = false;         // enable the in-memory sim provider (tests, demos)
+  double fleet_local_price_per_hour = 0.0; // what a local machine "costs", for the savings ledger
 
   std::string DatabaseUrl() const;  // db, or the SQLite default under data_dir
 
-  enum class Type { kString, kInt, kBool };
+  enum class Type { kString, kInt, kBool, kNumber };
   struct Key {
     std::string name;  // dotted, as in TOML: "http.body_limit_bytes"
     Type type;

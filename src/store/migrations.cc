@@ -47,6 +47,68 @@ CREATE TABLE meta (
   value TEXT NOT NULL
 )
 )SQL"},
+      {2, "instances, events, agent tokens, hibernations", R"SQL(
+CREATE TABLE instances (
+  id TEXT PRIMARY KEY,
+  owner TEXT NOT NULL REFERENCES users(id),
+  name TEXT NOT NULL,
+  provider TEXT NOT NULL,
+  offer_id TEXT NOT NULL,
+  gpu TEXT NOT NULL,
+  image TEXT NOT NULL,
+  desired TEXT NOT NULL,
+  hib_enabled BIGINT NOT NULL,
+  gpu_threshold_pct DOUBLE PRECISION NOT NULL,
+  idle_seconds BIGINT NOT NULL,
+  release_after_seconds BIGINT NOT NULL,
+  state TEXT NOT NULL,
+  machine_id TEXT NOT NULL,
+  attempt BIGINT NOT NULL,
+  price_per_hour DOUBLE PRECISION NOT NULL,
+  machine_json TEXT NOT NULL,
+  command_json TEXT NOT NULL,
+  last_snapshot TEXT NOT NULL,
+  repo_password TEXT NOT NULL,
+  message TEXT NOT NULL,
+  state_since BIGINT NOT NULL,
+  last_heartbeat BIGINT NOT NULL,
+  released BIGINT NOT NULL,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL
+);
+CREATE INDEX instances_owner ON instances(owner);
+CREATE TABLE events (
+  id TEXT PRIMARY KEY,
+  instance_id TEXT NOT NULL,
+  owner TEXT NOT NULL,
+  time_ms BIGINT NOT NULL,
+  type TEXT NOT NULL,
+  message TEXT NOT NULL
+);
+CREATE INDEX events_instance ON events(instance_id, time_ms);
+CREATE TABLE agent_tokens (
+  token_hash TEXT PRIMARY KEY,
+  instance_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  attempt BIGINT NOT NULL,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  used_at BIGINT,
+  revoked_at BIGINT
+);
+CREATE INDEX agent_tokens_instance ON agent_tokens(instance_id);
+CREATE TABLE hibernations (
+  id TEXT PRIMARY KEY,
+  instance_id TEXT NOT NULL,
+  owner TEXT NOT NULL,
+  price_per_hour DOUBLE PRECISION NOT NULL,
+  started_at BIGINT NOT NULL,
+  ended_at BIGINT,
+  hours DOUBLE PRECISION NOT NULL,
+  dollars DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX hibernations_owner ON hibernations(owner)
+)SQL"},
   };
   return kMigrations;
 }

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <utility>
 
 #include "store/store.h"
@@ -30,6 +31,51 @@ constexpr const char* kKeyCols =
     "id, user_id, name, prefix, key_hash, created_at, last_used_at, revoked_at";
 ApiKey ToKey(const Row& r) {
   return ApiKey{r.Str(0), r.Str(1), r.Str(2), r.Str(3), r.Str(4), r.Int(5), OptInt(r, 6), OptInt(r, 7)};
+}
+
+constexpr const char* kInstanceCols =
+    "id, owner, name, provider, offer_id, gpu, image, desired, hib_enabled, gpu_threshold_pct, idle_seconds, "
+    "release_after_seconds, state, machine_id, attempt, price_per_hour, machine_json, command_json, last_snapshot, "
+    "repo_password, message, state_since, last_heartbeat, released, created_at, updated_at";
+Instance ToInstance(const Row& r) {
+  Instance i;
+  i.id = r.Str(0);
+  i.owner = r.Str(1);
+  i.name = r.Str(2);
+  i.provider = r.Str(3);
+  i.offer_id = r.Str(4);
+  i.gpu = r.Str(5);
+  i.image = r.Str(6);
+  i.desired = r.Str(7);
+  i.hib_enabled = r.Int(8) != 0;
+  i.gpu_threshold_pct = r.Real(9);
+  i.idle_seconds = r.Int(10);
+  i.release_after_seconds = r.Int(11);
+  i.state = r.Str(12);
+  i.machine_id = r.Str(13);
+  i.attempt = r.Int(14);
+  i.price_per_hour = r.Real(15);
+  i.machine_json = r.Str(16);
+  i.command_json = r.Str(17);
+  i.last_snapshot = r.Str(18);
+  i.repo_password = r.Str(19);
+  i.message = r.Str(20);
+  i.state_since = r.Int(21);
+  i.last_heartbeat = r.Int(22);
+  i.released = r.Int(23) != 0;
+  i.created_at = r.Int(24);
+  i.updated_at = r.Int(25);
+  return i;
+}
+constexpr const char* kEventCols = "id, instance_id, owner, time_ms, type, message";
+Event ToEvent(const Row& r) { return Event{r.Str(0), r.Str(1), r.Str(2), r.Int(3), r.Str(4), r.Str(5)}; }
+constexpr const char* kAgentTokenCols = "token_hash, instance_id, kind, attempt, created_at, expires_at, used_at, revoked_at";
+AgentToken ToAgentToken(const Row& r) {
+  return AgentToken{r.Str(0), r.Str(1), r.Str(2), r.Int(3), r.Int(4), r.Int(5), OptInt(r, 6), OptInt(r, 7)};
+}
+constexpr const char* kHibCols = "id, instance_id, owner, price_per_hour, started_at, ended_at, hours, dollars";
+Hibernation ToHib(const Row& r) {
+  return Hibernation{r.Str(0), r.Str(1), r.Str(2), r.Real(3), r.Int(4), OptInt(r, 5), r.Real(6), r.Real(7)};
 }
 
 Status InsertToken(Conn& c, const RefreshToken& t) {
@@ -177,6 +223,116 @@ class SqlStore final : public Store {
   Status TouchApiKey(const std::string& id, int64_t now) override {
     auto r = db_->Exec("UPDATE api_keys SET last_used_at = ? WHERE id = ?", {now, id});
     return r ? Status::Ok() : r.error();
+  }
+
+  Status CreateInstance(const Instance& i) override {
+    auto r = db_->Exec(std::string("INSERT INTO instances (") + kInstanceCols +
+                           ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       {i.id, i.owner, i.name, i.provider, i.offer_id, i.gpu, i.image, i.desired,
+                        int64_t{i.hib_enabled}, i.gpu_threshold_pct, i.idle_seconds, i.release_after_seconds, i.state,
+                        i.machine_id, i.attempt, i.price_per_hour, i.machine_json, i.command_json, i.last_snapshot,
+                        i.repo_password, i.message, i.state_since, i.last_heartbeat, int64_t{i.released},
+                        i.created_at, i.updated_at});
+    return r ? Status::Ok() : r.error();
+  }
+  Result<Instance> GetInstance(const std::string& id) override {
+    return One<Instance>(std::string("SELECT ") + kInstanceCols + " FROM instances WHERE id = ?", {id}, ToInstance,
+                         "instance " + id + " not found");
+  }
+  Result<Instance> GetInstanceOwned(const std::string& id, const std::string& owner) override {
+    return One<Instance>(std::string("SELECT ") + kInstanceCols + " FROM instances WHERE id = ? AND owner = ?",
+                         {id, owner}, ToInstance, "instance " + id + " not found");
+  }
+  Result<std::vector<Instance>> ListInstances(const std::string& owner) override {
+    return Many<Instance>(std::string("SELECT ") + kInstanceCols +
+                              " FROM instances WHERE owner = ? AND state <> 'destroyed' ORDER BY created_at, id",
+                          {owner}, ToInstance);
+  }
+  Result<std::vector<Instance>> ListLiveInstances() override {
+    return Many<Instance>(std::string("SELECT ") + kInstanceCols +
+                              " FROM instances WHERE state <> 'destroyed' ORDER BY created_at, id",
+                          {}, ToInstance);
+  }
+  Status UpdateInstanceSpec(const Instance& i) override {
+    return ExpectOne(db_->Exec("UPDATE instances SET name = ?, desired = ?, hib_enabled = ?, gpu_threshold_pct = ?, "
+                               "idle_seconds = ?, release_after_seconds = ?, updated_at = ? WHERE id = ?",
+                               {i.name, i.desired, int64_t{i.hib_enabled}, i.gpu_threshold_pct, i.idle_seconds,
+                                i.release_after_seconds, i.updated_at, i.id}),
+                     "instance " + i.id + " not found");
+  }
+  Status UpdateInstanceStatus(const Instance& i) override {
+    return ExpectOne(db_->Exec("UPDATE instances SET state = ?, machine_id = ?, attempt = ?, price_per_hour = ?, "
+                               "machine_json = ?, command_json = ?, last_snapshot = ?, message = ?, state_since = ?, "
+                               "released = ?, updated_at = ? WHERE id = ?",
+                               {i.state, i.machine_id, i.attempt, i.price_per_hour, i.machine_json, i.command_json,
+                                i.last_snapshot, i.message, i.state_since, int64_t{i.released}, i.updated_at, i.id}),
+                     "instance " + i.id + " not found");
+  }
+  Status TouchHeartbeat(const std::string& id, int64_t now) override {
+    auto r = db_->Exec("UPDATE instances SET last_heartbeat = ? WHERE id = ?", {now, id});
+    return r ? Status::Ok() : r.error();
+  }
+
+  Status AddEvent(const Event& e) override {
+    auto r = db_->Exec(std::string("INSERT INTO events (") + kEventCols + ") VALUES (?, ?, ?, ?, ?, ?)",
+                       {e.id, e.instance_id, e.owner, e.time_ms, e.type, e.message});
+    return r ? Status::Ok() : r.error();
+  }
+  Result<std::vector<Event>> ListEvents(const std::string& instance_id, int limit) override {
+    return Many<Event>(std::string("SELECT ") + kEventCols +
+                           " FROM events WHERE instance_id = ? ORDER BY time_ms DESC, id DESC LIMIT ?",
+                       {instance_id, int64_t{limit}}, ToEvent);
+  }
+
+  Status CreateAgentToken(const AgentToken& t) override {
+    auto r = db_->Exec(std::string("INSERT INTO agent_tokens (") + kAgentTokenCols + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       {t.token_hash, t.instance_id, t.kind, t.attempt, t.created_at, t.expires_at, Opt(t.used_at),
+                        Opt(t.revoked_at)});
+    return r ? Status::Ok() : r.error();
+  }
+  Result<AgentToken> GetAgentToken(const std::string& token_hash) override {
+    return One<AgentToken>(std::string("SELECT ") + kAgentTokenCols + " FROM agent_tokens WHERE token_hash = ?",
+                           {token_hash}, ToAgentToken, "agent token not found");
+  }
+  Result<bool> UseEnrollToken(const std::string& token_hash, int64_t now) override {
+    auto r = db_->Exec("UPDATE agent_tokens SET used_at = ? WHERE token_hash = ? AND kind = 'enroll' AND used_at IS NULL "
+                       "AND revoked_at IS NULL",
+                       {now, token_hash});
+    if (!r) return Err(r.error());
+    return *r == 1;
+  }
+  Status RevokeAgentTokens(const std::string& instance_id, int64_t now) override {
+    auto r = db_->Exec("UPDATE agent_tokens SET revoked_at = ? WHERE instance_id = ? AND revoked_at IS NULL",
+                       {now, instance_id});
+    return r ? Status::Ok() : r.error();
+  }
+
+  Status StartHibernation(const Hibernation& h) override {
+    auto r = db_->Exec(std::string("INSERT INTO hibernations (") + kHibCols + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       {h.id, h.instance_id, h.owner, h.price_per_hour, h.started_at, Opt(h.ended_at), h.hours,
+                        h.dollars});
+    return r ? Status::Ok() : r.error();
+  }
+  Status EndHibernation(const std::string& instance_id, int64_t ended_at) override {
+    return db_->Transaction([&](Conn& c) -> Status {
+      auto rows = c.Query(std::string("SELECT ") + kHibCols +
+                              " FROM hibernations WHERE instance_id = ? AND ended_at IS NULL",
+                          {instance_id});
+      if (!rows) return rows.error();
+      for (const auto& row : *rows) {
+        Hibernation h = ToHib(row);
+        double hours = std::max<int64_t>(0, ended_at - h.started_at) / 3600.0;
+        auto u = c.Exec("UPDATE hibernations SET ended_at = ?, hours = ?, dollars = ? WHERE id = ?",
+                        {ended_at, hours, hours * h.price_per_hour, h.id});
+        if (!u) return u.error();
+      }
+      return Status::Ok();
+    });
+  }
+  Result<std::vector<Hibernation>> ListHibernations(const std::string& owner) override {
+    return Many<Hibernation>(std::string("SELECT ") + kHibCols +
+                                 " FROM hibernations WHERE owner = ? ORDER BY started_at, id",
+                             {owner}, ToHib);
   }
 
   Result<std::optional<std::string>> GetMeta(const std::string& key) override {

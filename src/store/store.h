@@ -57,6 +57,53 @@ struct ApiKey {
   std::optional<int64_t> revoked_at;
 };
 
+// A managed machine slot. Spec (desired state and settings) is written by users through the API;
+// status (observed state) only by controllers; they are updated by separate methods.
+struct Instance {
+  std::string id, owner, name, provider, offer_id, gpu, image;
+  // spec
+  std::string desired = "running";  // running | paused | hibernated | destroyed
+  bool hib_enabled = true;
+  double gpu_threshold_pct = 5;
+  int64_t idle_seconds = 180;
+  int64_t release_after_seconds = 1800;
+  // status
+  std::string state = "provisioning";
+  std::string machine_id;
+  int64_t attempt = 0;
+  double price_per_hour = 0;
+  std::string machine_json = "{}";  // provider details (local: workspace)
+  std::string command_json;         // pending agent command, {"id","type",...}
+  std::string last_snapshot;        // snapshot id of the latest committed snapshot
+  std::string repo_password;        // the instance's snapshot repository password (never returned by the API)
+  std::string message;
+  int64_t state_since = 0;
+  int64_t last_heartbeat = 0;
+  bool released = false;
+  int64_t created_at = 0, updated_at = 0;
+};
+
+struct Event {
+  std::string id, instance_id, owner;
+  int64_t time_ms = 0;
+  std::string type, message;
+};
+
+struct AgentToken {
+  std::string token_hash, instance_id, kind;  // kind: enroll | agent
+  int64_t attempt = 0;
+  int64_t created_at = 0, expires_at = 0;
+  std::optional<int64_t> used_at, revoked_at;
+};
+
+struct Hibernation {
+  std::string id, instance_id, owner;
+  double price_per_hour = 0;
+  int64_t started_at = 0;
+  std::optional<int64_t> ended_at;
+  double hours = 0, dollars = 0;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -92,6 +139,30 @@ class Store {
   // NotFound unless the key exists, is active and belongs to user_id.
   virtual Status RevokeApiKey(const std::string& id, const std::string& user_id, int64_t now) = 0;
   virtual Status TouchApiKey(const std::string& id, int64_t now) = 0;
+
+  // Instances (owned: *Owned methods answer NotFound for other users' instances)
+  virtual Status CreateInstance(const Instance& i) = 0;
+  virtual Result<Instance> GetInstance(const std::string& id) = 0;
+  virtual Result<Instance> GetInstanceOwned(const std::string& id, const std::string& owner) = 0;
+  virtual Result<std::vector<Instance>> ListInstances(const std::string& owner) = 0;
+  virtual Result<std::vector<Instance>> ListLiveInstances() = 0;  // every instance not destroyed
+  virtual Status UpdateInstanceSpec(const Instance& i) = 0;        // name, desired, hibernation settings
+  virtual Status UpdateInstanceStatus(const Instance& i) = 0;      // state and the other status fields
+  virtual Status TouchHeartbeat(const std::string& id, int64_t now) = 0;
+
+  virtual Status AddEvent(const Event& e) = 0;
+  virtual Result<std::vector<Event>> ListEvents(const std::string& instance_id, int limit) = 0;
+
+  virtual Status CreateAgentToken(const AgentToken& t) = 0;
+  virtual Result<AgentToken> GetAgentToken(const std::string& token_hash) = 0;
+  // Marks an enrollment token used; false if it already was (one-time).
+  virtual Result<bool> UseEnrollToken(const std::string& token_hash, int64_t now) = 0;
+  virtual Status RevokeAgentTokens(const std::string& instance_id, int64_t now) = 0;
+
+  virtual Status StartHibernation(const Hibernation& h) = 0;
+  // Closes the open hibernation of an instance (no-op when none is open).
+  virtual Status EndHibernation(const std::string& instance_id, int64_t ended_at) = 0;
+  virtual Result<std::vector<Hibernation>> ListHibernations(const std::string& owner) = 0;
 
   // Small key/value facts about the installation.
   virtual Result<std::optional<std::string>> GetMeta(const std::string& key) = 0;

@@ -1,0 +1,108 @@
+// The fleet: instances (spec/status in the Store), the agent protocol (enroll, heartbeats, commands)
+// and the lifecycle controller (level-triggered reconciler on a WorkQueue).
+//
+// Instance states: provisioning -> running <-> pausing/paused; running -> hibernating -> hibernated
+// -> waking -> running; any -> destroying -> destroyed; error when a step cannot proceed (message
+// says why). docs/fleet.md lists every transition.
+//
+// Crash safety: everything the controller needs is in the database; on start it re-enqueues every
+// live instance, adopts machines created under the current label whose id was not saved, and
+// destroys machines carrying our labels that no instance owns (no invisible billing).
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/work_queue.h"
+#include "fleet/decide.h"
+#include "provider/provider.h"
+#include "store/store.h"
+
+namespace dumont::fleet {
+
+struct FleetOptions {
+  std::string data_dir;
+  std::string public_url;  // how agents reach dumontd
+  int64_t heartbeat_interval_s = 10;
+  int64_t resync_interval_s = 30;
+  int workers = 2;
+};
+
+class Fleet {
+ public:
+  Fleet(store::Store& store, const Clock& clock, Logger* log, FleetOptions opts);
+  ~Fleet();
+
+  void AddProvider(std::unique_ptr<provider::Provider> p);
+  provider::Provider* FindProvider(const std::string& name);
+  void SetPublicUrl(const std::string& url) { opts_.public_url = url; }
+
+  // Starts controller workers and the resync loop; adopts or destroys unknown machines first.
+  void Start();
+  void Stop();
+
+  // ---- user operations (NotFound for other users' instances)
+  Result<store::Instance> Create(const std::string& owner, const nlohmann::json& req);
+  Result<std::vector<store::Instance>> List(const std::string& owner);
+  Result<store::Instance> Get(const std::string& owner, const std::string& id);
+  Result<store::Instance> Patch(const std::string& owner, const std::string& id, const nlohmann::json& req);
+  Result<store::Instance> Destroy(const std::string& owner, const std::string& id);
+  // pause | resume | hibernate | wake | snapshot
+  Result<store::Instance> Action(const std::string& owner, const std::string& id, const std::string& action);
+  Result<nlohmann::json> Snapshots(const std::string& owner, const std::string& id);
+  Result<std::vector<store::Event>> Events(const std::string& owner, const std::string& id, int limit);
+  Status SetVirtualGpu(const std::string& owner, const std::string& id, double util);
+  nlohmann::json InstanceJson(const store::Instance& i);
+
+  // ---- savings
+  Result<nlohmann::json> Savings(const std::string& owner);
+  Result<nlohmann::json> HibernationEvents(const std::string& owner);
+
+  // ---- agent protocol
+  Result<nlohmann::json> Enroll(const std::string& enroll_token);
+  Result<nlohmann::json> Heartbeat(const std::string& agent_token, const nlohmann::json& body);
+
+  // ---- controller (public for tests)
+  Status Reconcile(const std::string& id);
+  std::optional<Telemetry> TelemetryOf(const std::string& id);
+  WorkQueue& queue() { return queue_; }
+
+ private:
+  std::mutex& LockFor(const std::string& id);
+  Status Record(const store::Instance& i, const std::string& type, const std::string& message);
+  Status SaveStatus(store::Instance& i);
+  Status SetState(store::Instance& i, const std::string& state, const std::string& message);
+  Status EnsureMachine(store::Instance& i, provider::Provider& p);
+  Status ReconcileLocked(store::Instance& i);
+  void SweepOrphans();
+  void WorkerLoop();
+  void ResyncLoop();
+  std::string RepoLocation(const std::string& instance_id) const;
+  int64_t StaleMs() const { return opts_.heartbeat_interval_s * 3000 + 2000; }
+
+  store::Store& store_;
+  const Clock& clock_;
+  Logger* log_;
+  FleetOptions opts_;
+  std::map<std::string, std::unique_ptr<provider::Provider>> providers_;
+  WorkQueue queue_;
+  std::array<std::mutex, 64> locks_;
+  std::mutex telemetry_mu_;
+  std::map<std::string, Telemetry> telemetry_;
+  std::atomic<bool> running_{false};
+  std::vector<std::thread> threads_;
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+};
+
+}  // namespace dumont::fleet
