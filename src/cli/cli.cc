@@ -11,6 +11,9 @@
 #include <fstream>
 #include <iostream>
 #include <optional>
+#include <set>
+#include <thread>
+#include <map>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -236,6 +239,44 @@ int Run(int argc, char** argv) {
   auto* logout = auth->add_subcommand("logout", "end the session and forget its tokens");
   auto* me = auth->add_subcommand("me", "show who you are logged in as");
 
+  // dumont instance ...
+  auto* inst = app.add_subcommand("instance", "machines: create, watch, hibernate, wake, destroy");
+  inst->require_subcommand(1);
+  std::string inst_id, inst_name, inst_provider = "local", inst_gpu, inst_offer;
+  int64_t idle_s = -1, release_s = -1, ev_limit = 50;
+  double threshold = -1, load = 0;
+  bool no_hib = false, wait = false;
+  int wait_s = 120;
+  auto* i_list = inst->add_subcommand("list", "your instances");
+  auto* i_create = inst->add_subcommand("create", "create an instance (a machine starts)");
+  i_create->add_option("--name", inst_name, "a name")->required();
+  i_create->add_option("--provider", inst_provider, "local (default) or a configured provider");
+  i_create->add_option("--gpu", inst_gpu, "wanted GPU model");
+  i_create->add_option("--offer", inst_offer, "a specific offer id");
+  i_create->add_option("--idle-seconds", idle_s, "hibernate after this long with every GPU under the threshold (default 180)");
+  i_create->add_option("--gpu-threshold", threshold, "idle means every GPU under this % (default 5)");
+  i_create->add_option("--release-after", release_s, "seconds hibernated before reservations are released (default 1800)");
+  i_create->add_flag("--no-hibernation", no_hib, "never hibernate automatically");
+  std::map<std::string, CLI::App*> actions;
+  for (const char* a : {"show", "destroy", "pause", "resume", "hibernate", "wake", "snapshot", "events", "snapshots"}) {
+    std::string help = std::string(a) == "show" ? "details of one instance"
+                       : std::string(a) == "events" ? "what happened, newest last"
+                       : std::string(a) == "snapshots" ? "the instance's snapshots"
+                       : std::string(a) == "destroy" ? "destroy the instance and its machine"
+                                                     : std::string(a) + " the instance";
+    auto* c = inst->add_subcommand(a, help);
+    c->add_option("id", inst_id, "instance id")->required();
+    actions[a] = c;
+  }
+  actions["events"]->add_option("--limit", ev_limit, "at most this many (default 50)");
+  auto* i_load = inst->add_subcommand("gpu-load", "set the simulated GPU utilisation of a local machine (0..100)");
+  i_load->add_option("id", inst_id, "instance id")->required();
+  i_load->add_option("util", load, "utilisation percent")->required()->check(CLI::Range(0.0, 100.0));
+  for (auto* c : {i_create, actions["hibernate"], actions["wake"], actions["destroy"], actions["pause"], actions["resume"]}) {
+    c->add_flag("--wait", wait, "wait until the instance reaches its target state");
+    c->add_option("--timeout", wait_s, "seconds to wait with --wait (default 120)");
+  }
+
   SnapshotArgs* snapshot_args = AddSnapshotCommands(app);
 
   try {
@@ -297,6 +338,120 @@ int Run(int argc, char** argv) {
       api.Forget();
       Print(g, {{"logged_out", true}, {"was_logged_in", true}}, "logged out of " + api.base());
       return kOk;
+    }
+    if (*inst) {
+      auto show_line = [](const json& i) {
+        char buf[512];
+        std::string util = i["telemetry"].is_object()
+                               ? std::to_string(static_cast<int>(i["telemetry"].value("max_gpu_util", 0.0))) + "%"
+                               : "-";
+        std::snprintf(buf, sizeof buf, "%-26s %-16s %-12s %-8s %5s  $%.3f/h", i.value("id", "").c_str(),
+                      i.value("name", "").substr(0, 16).c_str(), i.value("state", "").c_str(),
+                      i.value("provider", "").c_str(), util.c_str(), i["machine"].value("price_per_hour", 0.0));
+        return std::string(buf);
+      };
+      auto details = [&](const json& i) {
+        std::string out = show_line(i);
+        if (!i.value("message", "").empty()) out += "\n  message:   " + i.value("message", "");
+        if (i["machine"].contains("workspace")) out += "\n  workspace: " + i["machine"]["workspace"].get<std::string>();
+        if (i["last_snapshot"].is_string()) out += "\n  snapshot:  " + i["last_snapshot"].get<std::string>().substr(0, 8);
+        const json& h = i["hibernation"];
+        out += "\n  hibernation: " + std::string(h.value("enabled", false) ? "on" : "off") + ", idle under " +
+               std::to_string(static_cast<int>(h.value("gpu_threshold_pct", 0.0))) + "% for " +
+               std::to_string(h.value("idle_seconds", 0)) + " s";
+        return out;
+      };
+      auto wait_for = [&](const std::string& id, const std::set<std::string>& targets) -> json {
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait_s);
+        std::string last;
+        for (;;) {
+          json j = api.Call("GET", "/api/v1/instances/" + id, nullptr, true)["instance"];
+          std::string st = j.value("state", "");
+          if (!g.json_out && st != last) std::fprintf(stderr, "%s\n", st.c_str());
+          last = st;
+          if (targets.count(st)) return j;
+          if (st == "error") throw Failure{kServerError, "instance " + id + " is in error: " + j.value("message", ""), "error"};
+          if (std::chrono::steady_clock::now() > deadline) {
+            throw Failure{kServerError, "timed out after " + std::to_string(wait_s) + " s; the instance is " + st, "timeout"};
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        }
+      };
+      if (*i_list) {
+        json j = api.Call("GET", "/api/v1/instances", nullptr, true);
+        std::string human = "ID                         NAME             STATE        PROVIDER   GPU  PRICE";
+        for (const auto& i : j["instances"]) human += "\n" + show_line(i);
+        if (j["instances"].empty()) human += "\n(no instances; create one with: dumont instance create --name NAME)";
+        Print(g, j, human);
+        return kOk;
+      }
+      if (*i_create) {
+        json body = {{"name", inst_name}, {"provider", inst_provider}};
+        if (!inst_gpu.empty()) body["gpu"] = inst_gpu;
+        if (!inst_offer.empty()) body["offer_id"] = inst_offer;
+        json h = json::object();
+        if (no_hib) h["enabled"] = false;
+        if (idle_s >= 0) h["idle_seconds"] = idle_s;
+        if (threshold >= 0) h["gpu_threshold_pct"] = threshold;
+        if (release_s >= 0) h["release_after_seconds"] = release_s;
+        if (!h.empty()) body["hibernation"] = h;
+        json j = api.Call("POST", "/api/v1/instances", body, true)["instance"];
+        if (wait) j = wait_for(j["id"], {"running"});
+        Print(g, {{"instance", j}}, details(j));
+        return kOk;
+      }
+      if (*i_load) {
+        json j = api.Call("PUT", "/api/v1/instances/" + inst_id + "/virtual-gpu", {{"util", load}}, true);
+        Print(g, j, "simulated GPU of " + inst_id + " set to " + std::to_string(static_cast<int>(load)) + " %");
+        return kOk;
+      }
+      if (*actions["show"]) {
+        json j = api.Call("GET", "/api/v1/instances/" + inst_id, nullptr, true);
+        Print(g, j, details(j["instance"]));
+        return kOk;
+      }
+      if (*actions["events"]) {
+        json j = api.Call("GET", "/api/v1/instances/" + inst_id + "/events?limit=" + std::to_string(ev_limit), nullptr, true);
+        std::string human;
+        for (auto it = j["events"].rbegin(); it != j["events"].rend(); ++it) {
+          time_t t = (*it)["time_ms"].get<int64_t>() / 1000;
+          char ts[32];
+          std::strftime(ts, sizeof ts, "%Y-%m-%d %H:%M:%S", std::localtime(&t));
+          human += std::string(ts) + "  " + (*it).value("type", "") + "  " + (*it).value("message", "") + "\n";
+        }
+        if (!human.empty()) human.pop_back();
+        Print(g, j, human.empty() ? "(no events)" : human);
+        return kOk;
+      }
+      if (*actions["snapshots"]) {
+        json j = api.Call("GET", "/api/v1/instances/" + inst_id + "/snapshots", nullptr, true);
+        std::string human = "ID        TIME                  SIZE        TAGS";
+        for (const auto& s : j["snapshots"]) {
+          char buf[256];
+          std::string tags;
+          for (const auto& t : s["tags"]) tags += (tags.empty() ? "" : ",") + t.get<std::string>();
+          std::snprintf(buf, sizeof buf, "\n%-9s %-21s %10.1f MB %s", s.value("short_id", "").c_str(),
+                        s.value("time", "").c_str(), s.value("bytes_total", 0) / 1e6, tags.c_str());
+          human += buf;
+        }
+        Print(g, j, human);
+        return kOk;
+      }
+      if (*actions["destroy"]) {
+        json j = api.Call("DELETE", "/api/v1/instances/" + inst_id, nullptr, true)["instance"];
+        if (wait) j = wait_for(inst_id, {"destroyed"});
+        Print(g, {{"instance", j}}, "destroying " + inst_id + (wait ? ": destroyed" : ""));
+        return kOk;
+      }
+      for (const char* a : {"pause", "resume", "hibernate", "wake", "snapshot"}) {
+        if (!*actions[a]) continue;
+        json j = api.Call("POST", "/api/v1/instances/" + inst_id + "/" + a, nullptr, true)["instance"];
+        static const std::map<std::string, std::set<std::string>> kTargets = {
+            {"pause", {"paused"}}, {"resume", {"running"}}, {"hibernate", {"hibernated"}}, {"wake", {"running"}}};
+        if (wait && kTargets.count(a)) j = wait_for(inst_id, kTargets.at(a));
+        Print(g, {{"instance", j}}, std::string(a) + ": " + inst_id + " is " + j.value("state", ""));
+        return kOk;
+      }
     }
     if (*me) {
       json j = api.Call("GET", "/api/v1/auth/me", nullptr, true);

@@ -113,13 +113,21 @@ class Run {
     if (fd < 0) return Err(Status::IOError("cannot open " + path + ": " + std::strerror(errno)));
     posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     const size_t max = chunker_.params().max_size;
-    std::string buf;
-    buf.reserve(2 * max);
+    // One raw buffer per reader thread, allocated once and never zero-filled: small files must not
+    // pay for clearing megabytes they do not use.
+    const size_t cap = 2 * max;
+    thread_local std::unique_ptr<char[]> tl_buf;
+    thread_local size_t tl_cap = 0;
+    if (tl_cap < cap) {
+      tl_buf.reset(new char[cap]);
+      tl_cap = cap;
+    }
+    char* buf = tl_buf.get();
+    size_t start = 0, end = 0;
     std::deque<std::future<Result<Id>>> inflight;
     std::vector<Id> content;
     Status err;
     bool eof = false;
-    size_t start = 0;
     auto drain_one = [&]() {
       auto r = inflight.front().get();
       inflight.pop_front();
@@ -131,33 +139,28 @@ class Run {
     };
     while (err.ok()) {
       // Fill until we hold max bytes past `start` or reach EOF.
-      while (!eof && buf.size() - start < max) {
-        if (start > 0) {
-          buf.erase(0, start);
+      while (!eof && end - start < max) {
+        if (start > 0 && end + max > cap) {
+          std::memmove(buf, buf + start, end - start);
+          end -= start;
           start = 0;
         }
-        size_t old = buf.size();
-        buf.resize(old + max);
-        ssize_t n = ::read(fd, buf.data() + old, max);
+        ssize_t n = ::read(fd, buf + end, cap - end);
         if (n < 0) {
-          if (errno == EINTR) {
-            buf.resize(old);
-            continue;
-          }
+          if (errno == EINTR) continue;
           err = Status::IOError("cannot read " + path + ": " + std::strerror(errno));
-          buf.resize(old);
           break;
         }
-        buf.resize(old + static_cast<size_t>(n));
         if (n == 0) eof = true;
+        end += static_cast<size_t>(n);
         *size_read += static_cast<uint64_t>(n);
         progress_bytes_ += static_cast<uint64_t>(n);
       }
       if (!err.ok()) break;
-      size_t avail = buf.size() - start;
+      size_t avail = end - start;
       if (avail == 0) break;
-      size_t cut = chunker_.Cut(reinterpret_cast<const uint8_t*>(buf.data() + start), avail);
-      std::string chunk = buf.substr(start, cut);
+      size_t cut = chunker_.Cut(reinterpret_cast<const uint8_t*>(buf + start), avail);
+      std::string chunk(buf + start, cut);
       start += cut;
       auto task = std::make_shared<std::packaged_task<Result<Id>()>>(
           [this, c = std::move(chunk)]() mutable { return StoreChunk(std::move(c)); });
