@@ -666,6 +666,7 @@ void Fleet::SweepOrphans() {
       std::string id = m.label.substr(3, dash - 3);
       int64_t attempt = std::atoll(m.label.c_str() + dash + 1);
       std::lock_guard lock(LockFor(id));
+      if (!p->Get(m.id)) continue;  // removed meanwhile (e.g. by a hibernation that held the lock)
       auto i = store_.GetInstance(id);
       bool known = i && i->provider == name && i->state != "destroyed" && i->state != "hibernated";
       if (known && i->machine_id == m.id) continue;

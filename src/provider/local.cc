@@ -230,8 +230,10 @@ class LocalProvider final : public Provider {
   static void KillAgent(const std::string& dir) {
     pid_t pid = ReadPid(dir);
     if (pid <= 0 || !Alive(pid)) return;
+    // The workspace is already snapshotted when a machine is destroyed: a short grace period is
+    // enough (an agent blocked in a request to us would otherwise hold the destroy up).
     ::kill(pid, SIGTERM);
-    for (int i = 0; i < 100 && Alive(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    for (int i = 0; i < 25 && Alive(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
     if (Alive(pid)) ::kill(pid, SIGKILL);
     for (int i = 0; i < 50 && Alive(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }

@@ -49,6 +49,7 @@ class SimProvider final : public Provider {
     s.machine.offer_id = spec.offer_id.empty() ? "sim-0" : spec.offer_id;
     s.machine.price_per_hour = o_.price_per_hour;
     s.machine.state = MachineState::kPending;
+    s.machine.details = {{"env", spec.env}};  // what a real machine would get as boot user data
     s.created_ms = clock_.NowUnixMillis();
     std::uniform_real_distribution<double> u(0, 1);
     double r = u(rng_);

@@ -26,3 +26,6 @@ stop_dumontd() {
   [ "$rc" -eq 0 ] || fail "dumontd exited with $rc after SIGTERM"
   grep -q "dumontd stopped" "$LOG" || fail "dumontd did not log a clean stop"
 }
+
+# A process is alive if it exists and is not a zombie waiting for its parent (init here) to reap it.
+alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
