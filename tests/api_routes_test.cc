@@ -302,3 +302,38 @@ TEST_F(Api, MetricsCountRequestsByRouteAndCode) {
 
 }  // namespace
 }  // namespace dumont
+
+namespace dumont {
+namespace {
+
+TEST(WebConsole, ServesTheBuiltAppWithClientRoutesAndNothingOutside) {
+  testing::TempDir dir;
+  std::filesystem::create_directories(dir / "web/assets");
+  std::ofstream(dir / "web/index.html") << "<!doctype html><div id=root></div>";
+  std::ofstream(dir / "web/assets/app-1234.js") << "console.log(1)";
+  std::ofstream(dir / "secret.txt") << "do not serve";
+  Config cfg = testing::TestConfig(dir / "data");
+  cfg.web_dir = dir / "web";
+  RealClock clock;
+  testing::TestServer server(cfg, clock);
+  auto index = server.Call("GET", "/");
+  EXPECT_EQ(index.status, 200);
+  EXPECT_NE(index.body.find("id=root"), std::string::npos);
+  EXPECT_EQ(index.headers["cache-control"], "no-cache");
+  auto route = server.Call("GET", "/machines/ins_123");
+  EXPECT_EQ(route.status, 200);
+  EXPECT_NE(route.body.find("id=root"), std::string::npos) << "client-side routes get the app";
+  auto js = server.Call("GET", "/assets/app-1234.js");
+  EXPECT_EQ(js.status, 200);
+  EXPECT_EQ(js.headers["content-type"].rfind("text/javascript", 0), 0u);
+  EXPECT_NE(js.headers["cache-control"].find("immutable"), std::string::npos);
+  EXPECT_EQ(server.Call("GET", "/assets/missing.js").status, 404);
+  EXPECT_EQ(server.Call("GET", "/../secret.txt").status, 404);
+  EXPECT_EQ(server.Call("GET", "/assets/%2e%2e/%2e%2e/secret.txt").status, 404);
+  auto api = server.Call("GET", "/api/v1/nothing");
+  EXPECT_EQ(api.status, 404);
+  EXPECT_NE(api.body.find("\"error\""), std::string::npos) << "API paths never fall back to the app";
+}
+
+}  // namespace
+}  // namespace dumont

@@ -127,6 +127,7 @@ Result<std::unique_ptr<App>> App::Create(const Config& cfg, const Clock& clock, 
   app->router_ = std::make_unique<http::Router>(app->metrics_.get(), logger);
   app->router_->SetAuthenticator(app->authenticator_.get());
   app->RegisterRoutes();
+  app->SetupWebConsole();
   return app;
 }
 
@@ -142,6 +143,28 @@ void App::Start(const std::string& public_url) {
 }
 
 void App::Shutdown() { fleet_->Stop(); }
+
+void App::SetupWebConsole() {
+  std::string dir = cfg_.web_dir;
+  if (dir.empty()) {
+    // build/bin/dumontd -> <source tree>/web/dist
+    auto guess = std::filesystem::path(AgentBinaryPath()).parent_path() / ".." / ".." / "web" / "dist";
+    std::error_code ec;
+    if (std::filesystem::exists(guess / "index.html", ec)) dir = std::filesystem::canonical(guess, ec).string();
+  }
+  if (dir.empty()) {
+    router_->SetFallback([](const http::Request& req) -> std::optional<Response> {
+      if (req.path != "/") return std::nullopt;
+      return Response::Text(200,
+                            "<!doctype html><title>Dumont Cloud</title><h1>Dumont Cloud</h1><p>The web console is "
+                            "not built (run <code>make web</code>). The API is at <a href=\"/docs\">/docs</a>.</p>",
+                            "text/html; charset=utf-8");
+    });
+    return;
+  }
+  if (logger_) logger_->Info("serving the web console", {{"dir", dir}});
+  router_->SetFallback([dir](const http::Request& req) { return ServeStatic(dir, req); });
+}
 
 void App::RegisterSystemRoutes() {
   router_->Add(RouteSpec{.method = "GET", .path = "/health", .summary = "Process and database health",

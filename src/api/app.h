@@ -38,6 +38,7 @@ class App {
   void RegisterSystemRoutes();
   void RegisterAuthRoutes();
   void RegisterFleetRoutes();
+  void SetupWebConsole();
 
   Config cfg_;
   const Clock& clock_;
@@ -52,5 +53,8 @@ class App {
 };
 
 std::string DocsPageHtml();
+// Serves a built single-page app from `dir`: files as they are, unknown extension-less paths as
+// index.html (client-side routes). Never leaves `dir`.
+std::optional<http::Response> ServeStatic(const std::string& dir, const http::Request& req);
 
 }  // namespace dumont::api

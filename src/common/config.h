@@ -35,6 +35,7 @@ struct Config {
   int64_t auth_login_max_failures_per_address = 20;
   int64_t auth_login_window_s = 15 * 60;
   std::string auth_password_hash = "interactive";  // interactive | moderate | fast (tests only)
+  std::string web_dir;                     // built console (web/dist); empty = beside the binary
   std::string public_url;                  // how agents reach dumontd; empty = from listen
   int64_t fleet_heartbeat_interval_s = 10;
   int64_t fleet_resync_interval_s = 30;

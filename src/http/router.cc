@@ -165,6 +165,12 @@ Response Router::Dispatch(Request& req, std::string* route_label) {
       r.headers.Set("Allow", allowed);
       return r;
     }
+    if (fallback_ && (req.method == "GET" || req.method == "HEAD") && req.path.rfind("/api/", 0) != 0) {
+      if (auto r = fallback_(req)) {
+        *route_label = "static";
+        return std::move(*r);
+      }
+    }
     *route_label = "unmatched";
     return ErrorResponse(Status::NotFound("no route for " + req.method + " " + req.path +
                                           "; see /api/v1/openapi.json"));

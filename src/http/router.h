@@ -81,6 +81,8 @@ class Router {
  public:
   Router(Metrics* metrics, Logger* logger) : metrics_(metrics), logger_(logger) {}
   void SetAuthenticator(Authenticator* a) { auth_ = a; }
+  // Consulted for GET/HEAD requests no route matches (the web console's static files).
+  void SetFallback(std::function<std::optional<Response>(const Request&)> f) { fallback_ = std::move(f); }
   void Add(RouteSpec spec, Handler handler);
   // Never throws; every failure becomes an error response.
   Response Handle(Request& req);
@@ -101,6 +103,7 @@ class Router {
   Metrics* metrics_;
   Logger* logger_;
   Authenticator* auth_ = nullptr;
+  std::function<std::optional<Response>(const Request&)> fallback_;
   std::vector<Route> routes_;
 };
 
