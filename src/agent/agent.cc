@@ -305,8 +305,12 @@ Status Agent::Run() {
         it = pending.count(it->first) ? std::next(it) : results_.erase(it);
       }
     }
-    int64_t s = o_.interval_override_s > 0 ? o_.interval_override_s : interval_s_;
-    sleep_for(std::chrono::milliseconds(s * 1000));
+    double s = static_cast<double>(o_.interval_override_s > 0 ? o_.interval_override_s : interval_s_);
+    // The server may ask for the next heartbeat sooner (a command is likely to come).
+    if (r->contains("next_heartbeat_s") && (*r)["next_heartbeat_s"].is_number()) {
+      s = std::min(s, std::max(0.2, (*r)["next_heartbeat_s"].get<double>()));
+    }
+    sleep_for(std::chrono::milliseconds(static_cast<int64_t>(s * 1000)));
   }
   return Status::Ok();
 }

@@ -438,7 +438,18 @@ Result<json> Fleet::Heartbeat(const std::string& agent_token, const json& body) 
   json commands = json::array();
   if (!cmd.is_null() && !cmd.value("done", false) && !cmd.value("failed", false)) commands.push_back(cmd);
   queue_.Add(i->id);
-  return json{{"commands", commands}, {"heartbeat_interval_s", opts_.heartbeat_interval_s}};
+  // Commands travel on heartbeat answers, so come back sooner when one may be coming: during a
+  // hibernation or wake, right after the idle window ends, or while a command runs.
+  double next_s = static_cast<double>(opts_.heartbeat_interval_s);
+  if (i->state == "hibernating" || i->state == "waking" || i->desired != "running" || !commands.empty()) next_s = 1;
+  auto tel = TelemetryOf(i->id);
+  if (i->hib_enabled && tel && tel->idle_since_ms > 0) {
+    double until_window = (tel->idle_since_ms + i->idle_seconds * 1000 - now_ms) / 1000.0 + 0.3;
+    if (until_window > 0 && until_window < next_s) next_s = until_window;
+  }
+  return json{{"commands", commands},
+              {"heartbeat_interval_s", opts_.heartbeat_interval_s},
+              {"next_heartbeat_s", std::max(0.2, next_s)}};
 }
 
 std::optional<Telemetry> Fleet::TelemetryOf(const std::string& id) {
