@@ -7,7 +7,7 @@ start_dumontd "$TMP/data"
 curl -fsS "$URL/health" >/dev/null
 curl -sS "$URL/api/v1/auth/me" >/dev/null
 curl -sS -XPOST "$URL/api/v1/auth/login" -d '{"email":1}' >/dev/null
-curl -sS "$URL/nowhere" >/dev/null
+curl -sS "$URL/api/v1/nowhere" >/dev/null
 curl -fsS "$URL/metrics" > "$TMP/metrics.txt"
 promtool check metrics < "$TMP/metrics.txt" || fail "promtool rejected /metrics"
 grep -q 'route="/api/v1/auth/login",code="400"' "$TMP/metrics.txt" || fail "login 400 not counted"
