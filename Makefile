@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 DATA_DIR ?= ./dumont-data
 LISTEN ?= 127.0.0.1:8765
 
-.PHONY: all setup configure build test run clean format
+.PHONY: all setup configure build test run clean format web
 
 all: build
 
@@ -23,8 +23,12 @@ build: configure
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 600
 
-run: build
+run: build web
 	$(BUILD_DIR)/bin/dumontd --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+# The web console: static files built with Vite into web/dist (Node is needed to build, not to run).
+web: setup
+	cd web && (test -d node_modules || npm ci --no-audit --no-fund --loglevel=error) && npm run --silent build -- --logLevel warn
 
 clean:
 	rm -rf $(BUILD_DIR)
@@ -35,7 +39,12 @@ format:
 # Benchmarks (not part of `make test`): dumont vs restic on generated workspaces, see bench/README.md.
 # BENCH_SIZES="0.5" for a quick run (default "2 7"); results in bench/results/snapshot.json.
 .PHONY: bench bench-snapshot
-bench: bench-snapshot
+bench: bench-snapshot bench-multistart
 
 bench-snapshot: build
 	bash bench/snapshot_bench.sh
+
+# Multi-start vs one-at-a-time deploys on a simulated marketplace (fake clock, ~5 s); see bench/README.md.
+.PHONY: bench-multistart
+bench-multistart: build
+	$(BUILD_DIR)/bin/multistart_bench --deploys 5000 --seed 42 --out bench/results/multistart.json --readme bench/README.md

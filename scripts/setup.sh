@@ -12,10 +12,13 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus util-linux procps
   ceph-mon ceph-osd radosgw ceph-common
-  restic
+  restic chromium
 )
 
 missing=()
+# Node.js builds the web console; the machine image ships Node 20 (Vite 7 needs >= 20.19). Debian's own
+# nodejs (18) is only a fallback when none is installed.
+command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
     missing+=("$p")

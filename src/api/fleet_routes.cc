@@ -3,10 +3,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <array>
+#include <functional>
 #include <map>
 #include <sstream>
 
 #include "api/app.h"
+#include "fleet/history.h"
 
 namespace dumont::api {
 
@@ -203,6 +206,113 @@ nohup "$DEST" >>/var/log/dumont-agent.log 2>&1 &
 echo "dumont-agent started (log: /var/log/dumont-agent.log)"
 )SH";
                  return Response::Text(200, script, "text/x-shellscript");
+               });
+
+  // Offers across providers, and machine history / blacklist.
+  router_->Add(RouteSpec{.method = "GET", .path = "/api/v1/instances/offers",
+                         .summary = "Offers of every configured provider, normalised, with reliability and our own history",
+                         .tag = "offers",
+                         .query = {{"gpu", JsonType::kString, false, "GPU model contains"},
+                                   {"num_gpus", JsonType::kInteger, false, "at least"},
+                                   {"min_vram", JsonType::kNumber, false, "GB per GPU, at least"},
+                                   {"max_price", JsonType::kNumber, false, "$/hour, at most"},
+                                   {"region", JsonType::kString, false, "location contains"},
+                                   {"provider", JsonType::kString, false, "only this provider"},
+                                   {"sort", JsonType::kString, false, "price (default) | reliability | value"}}},
+               [&f](Context& c) -> Result<Response> {
+                 auto q = fleet::ParseOfferQuery(c.request.query);
+                 if (!q) return Err(q.error());
+                 auto r = fleet::SearchOffers(f.store(), f.Providers(), *q);
+                 if (!r) return Err(r.error());
+                 return JsonResponse(200, *r);
+               });
+  auto stats_list = [&f](const std::function<bool(const fleet::HostStats&)>& keep,
+                         bool best_first) -> Result<Response> {
+    auto all = fleet::AllHostStats(f.store());
+    if (!all) return Err(all.error());
+    std::vector<fleet::HostStats> v;
+    for (const auto& h : *all) {
+      if (keep(h)) v.push_back(h);
+    }
+    std::sort(v.begin(), v.end(), [&](const auto& a, const auto& b) {
+      return best_first ? a.success_rate > b.success_rate : a.success_rate < b.success_rate;
+    });
+    json arr = json::array();
+    for (const auto& h : v) arr.push_back(h.ToJson());
+    return JsonResponse(200, {{"machines", arr}});
+  };
+  router_->Add(RouteSpec{.method = "GET", .path = "/api/v1/machines/history/summary",
+                         .summary = "Provisioning attempts per provider: success rate, time to ready", .tag = "machines"},
+               [&f](Context&) -> Result<Response> {
+                 auto all = f.store().ListAllAttempts();
+                 if (!all) return Err(all.error());
+                 std::map<std::string, std::array<double, 4>> per;  // attempts, ready, failed, ready seconds
+                 for (const auto& a : *all) {
+                   auto& v = per[a.provider];
+                   v[0] += 1;
+                   if (a.outcome == "ready") {
+                     v[1] += 1;
+                     if (a.ready_at) v[3] += static_cast<double>(*a.ready_at - a.started_at);
+                   } else if (a.outcome == "failed") {
+                     v[2] += 1;
+                   }
+                 }
+                 json providers = json::object();
+                 for (const auto& [p, v] : per) {
+                   providers[p] = {{"attempts", v[0]}, {"ready", v[1]}, {"failed", v[2]},
+                                   {"success_rate", v[1] + v[2] > 0 ? v[1] / (v[1] + v[2]) : 0.0},
+                                   {"avg_time_to_ready_s", v[1] > 0 ? v[3] / v[1] : 0.0}};
+                 }
+                 auto bl = f.store().ListBlacklist();
+                 if (!bl) return Err(bl.error());
+                 return JsonResponse(200, {{"providers", providers}, {"attempts", all->size()}, {"blacklisted", bl->size()}});
+               });
+  router_->Add(RouteSpec{.method = "GET", .path = "/api/v1/machines/history/reliable",
+                         .summary = "Hosts with at least 3 attempts and 80 % success", .tag = "machines"},
+               [stats_list](Context&) {
+                 return stats_list([](const auto& h) { return h.ready + h.failed >= 3 && h.success_rate >= 0.8; }, true);
+               });
+  router_->Add(RouteSpec{.method = "GET", .path = "/api/v1/machines/history/problematic",
+                         .summary = "Hosts that failed at least once and succeed under 50 %", .tag = "machines"},
+               [stats_list](Context&) {
+                 return stats_list([](const auto& h) { return h.failed > 0 && h.success_rate < 0.5; }, false);
+               });
+  router_->Add(RouteSpec{.method = "GET", .path = "/api/v1/machines/history/stats/{provider}/{machine_id}",
+                         .summary = "One host's attempts and reliability", .tag = "machines"},
+               [&f](Context& c) -> Result<Response> {
+                 auto h = fleet::HostStatsOf(f.store(), c.params["provider"], c.params["machine_id"]);
+                 if (!h) return Err(h.error());
+                 return JsonResponse(200, h->ToJson());
+               });
+  router_->Add(RouteSpec{.method = "GET", .path = "/api/v1/machines/history/blacklist",
+                         .summary = "Blacklisted hosts (deploys skip them)", .tag = "machines"},
+               [&f](Context&) -> Result<Response> {
+                 auto bl = f.store().ListBlacklist();
+                 if (!bl) return Err(bl.error());
+                 json arr = json::array();
+                 for (const auto& b : *bl) {
+                   arr.push_back({{"provider", b.provider}, {"machine_id", b.host_id}, {"reason", b.reason},
+                                  {"automatic", b.automatic}, {"created_at", b.created_at}});
+                 }
+                 return JsonResponse(200, {{"blacklist", arr}});
+               });
+  router_->Add(RouteSpec{.method = "POST", .path = "/api/v1/machines/history/blacklist/{provider}/{machine_id}",
+                         .summary = "Blacklist a host (admin; the blacklist is shared by all users)", .tag = "machines",
+                         .auth = Auth::kAdmin, .mutation = true,
+                         .body = {{"reason", JsonType::kString, false, "why"}}, .success_status = 201},
+               [this](Context& c) -> Result<Response> {
+                 std::string reason = c.body.value("reason", "manual");
+                 DUMONT_RETURN_IF_ERROR(fleet_->store().AddBlacklist(
+                     {c.params["provider"], c.params["machine_id"], reason, false, clock_.NowUnix()}));
+                 return JsonResponse(201, {{"provider", c.params["provider"]}, {"machine_id", c.params["machine_id"]},
+                                           {"reason", reason}});
+               });
+  router_->Add(RouteSpec{.method = "DELETE", .path = "/api/v1/machines/history/blacklist/{provider}/{machine_id}",
+                         .summary = "Remove a host from the blacklist (admin)", .tag = "machines", .auth = Auth::kAdmin,
+                         .mutation = true},
+               [this](Context& c) -> Result<Response> {
+                 DUMONT_RETURN_IF_ERROR(fleet_->store().RemoveBlacklist(c.params["provider"], c.params["machine_id"]));
+                 return JsonResponse(200, {{"removed", true}});
                });
 
   // Savings from real hibernation events.

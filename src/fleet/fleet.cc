@@ -5,6 +5,7 @@
 #include <functional>
 
 #include "auth/crypto.h"
+#include "fleet/history.h"
 #include "common/random.h"
 #include "snapshot/backend.h"
 #include "snapshot/repository.h"
@@ -80,6 +81,12 @@ void Fleet::AddProvider(std::unique_ptr<provider::Provider> p) {
 provider::Provider* Fleet::FindProvider(const std::string& name) {
   auto it = providers_.find(name);
   return it == providers_.end() ? nullptr : it->second.get();
+}
+
+std::vector<provider::Provider*> Fleet::Providers() {
+  std::vector<provider::Provider*> out;
+  for (auto& [n, p] : providers_) out.push_back(p.get());
+  return out;
 }
 
 std::mutex& Fleet::LockFor(const std::string& id) { return locks_[std::hash<std::string>{}(id) % locks_.size()]; }
@@ -484,6 +491,8 @@ Status Fleet::EnsureMachine(Instance& i, provider::Provider& p) {
   i.price_per_hour = m->price_per_hour;
   i.machine_json = m->details.dump();
   DUMONT_RETURN_STATUS_IF_ERROR(SaveStatus(i));
+  DUMONT_RETURN_STATUS_IF_ERROR(store_.AddAttempt({NewId("att_"), i.owner, i.id, p.Name(), m->offer_id, m->offer_id,
+                                                   m->id, now, std::nullopt, std::nullopt, "pending", ""}));
   return Record(i, "machine_created", m->id + " on " + p.Name());
 }
 
@@ -529,6 +538,8 @@ Status Fleet::ReconcileLocked(Instance& i) {
     auto m = p->Get(i.machine_id);
     if (!m || m->state == provider::MachineState::kFailed || m->state == provider::MachineState::kTerminated) {
       DUMONT_RETURN_STATUS_IF_ERROR(Record(i, "machine_lost", i.machine_id + " is gone or failed; starting another"));
+      DUMONT_RETURN_STATUS_IF_ERROR(store_.FinishAttempt(i.id, "failed", m ? "machine failed" : "machine gone", now_s));
+      if (m) DUMONT_RETURN_STATUS_IF_ERROR(MaybeAutoBlacklist(store_, p->Name(), m->offer_id, now_s));
       (void)p->Destroy(i.machine_id);
       i.machine_id.clear();
       i.machine_json = "{}";
@@ -551,6 +562,7 @@ Status Fleet::ReconcileLocked(Instance& i) {
       i.command_json.clear();
       DUMONT_RETURN_STATUS_IF_ERROR(store_.EndHibernation(i.id, now_s));
     }
+    DUMONT_RETURN_STATUS_IF_ERROR(store_.FinishAttempt(i.id, "ready", "", now_s));
     return SetState(i, "running", "");
   }
 

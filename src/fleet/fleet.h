@@ -45,6 +45,8 @@ class Fleet {
 
   void AddProvider(std::unique_ptr<provider::Provider> p);
   provider::Provider* FindProvider(const std::string& name);
+  std::vector<provider::Provider*> Providers();
+  store::Store& store() { return store_; }
   void SetPublicUrl(const std::string& url) { opts_.public_url = url; }
 
   // Starts controller workers and the resync loop; adopts or destroys unknown machines first.

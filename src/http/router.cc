@@ -127,23 +127,31 @@ const Router::Route* Router::Match(const std::string& path, const std::string& m
   if (segs.size() >= 2 && segs[0] == "api" && segs[1] != "v1") segs.insert(segs.begin() + 1, "v1");
   *path_matched = false;
   const Route* found = nullptr;
+  int best = -1;
   for (const auto& r : routes_) {
     if (r.segments.size() != segs.size()) continue;
     std::map<std::string, std::string> p;
     bool ok = true;
+    int literals = 0;
     for (size_t i = 0; i < segs.size() && ok; ++i) {
       if (IsParam(r.segments[i])) {
         p[r.segments[i].substr(1, r.segments[i].size() - 2)] = segs[i];
       } else if (r.segments[i] != segs[i]) {
         ok = false;
+      } else {
+        ++literals;
       }
     }
     if (!ok) continue;
     *path_matched = true;
-    if (!allowed->empty()) *allowed += ", ";
-    *allowed += r.spec.method;
-    if (!found && (r.spec.method == method || (method == "HEAD" && r.spec.method == "GET"))) {
+    if (allowed->find(r.spec.method) == std::string::npos) {
+      if (!allowed->empty()) *allowed += ", ";
+      *allowed += r.spec.method;
+    }
+    // The most specific route wins: /instances/offers before /instances/{id}.
+    if ((r.spec.method == method || (method == "HEAD" && r.spec.method == "GET")) && literals > best) {
       found = &r;
+      best = literals;
       *params = std::move(p);
     }
   }

@@ -109,6 +109,32 @@ CREATE TABLE hibernations (
 );
 CREATE INDEX hibernations_owner ON hibernations(owner)
 )SQL"},
+      {3, "machine history and blacklist", R"SQL(
+CREATE TABLE machine_attempts (
+  id TEXT PRIMARY KEY,
+  owner TEXT NOT NULL,
+  instance_id TEXT NOT NULL,
+  provider TEXT NOT NULL,
+  host_id TEXT NOT NULL,
+  offer_id TEXT NOT NULL,
+  machine_id TEXT NOT NULL,
+  started_at BIGINT NOT NULL,
+  ready_at BIGINT,
+  ended_at BIGINT,
+  outcome TEXT NOT NULL,
+  failure_reason TEXT NOT NULL
+);
+CREATE INDEX machine_attempts_host ON machine_attempts(provider, host_id);
+CREATE INDEX machine_attempts_instance ON machine_attempts(instance_id, started_at);
+CREATE TABLE blacklist (
+  provider TEXT NOT NULL,
+  host_id TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  automatic BIGINT NOT NULL,
+  created_at BIGINT NOT NULL,
+  PRIMARY KEY (provider, host_id)
+)
+)SQL"},
   };
   return kMigrations;
 }

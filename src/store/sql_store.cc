@@ -78,6 +78,16 @@ Hibernation ToHib(const Row& r) {
   return Hibernation{r.Str(0), r.Str(1), r.Str(2), r.Real(3), r.Int(4), OptInt(r, 5), r.Real(6), r.Real(7)};
 }
 
+constexpr const char* kAttemptCols =
+    "id, owner, instance_id, provider, host_id, offer_id, machine_id, started_at, ready_at, ended_at, outcome, "
+    "failure_reason";
+MachineAttempt ToAttempt(const Row& r) {
+  return MachineAttempt{r.Str(0), r.Str(1), r.Str(2), r.Str(3), r.Str(4), r.Str(5), r.Str(6),
+                        r.Int(7), OptInt(r, 8), OptInt(r, 9), r.Str(10), r.Str(11)};
+}
+constexpr const char* kBlacklistCols = "provider, host_id, reason, automatic, created_at";
+BlacklistEntry ToBlacklist(const Row& r) { return BlacklistEntry{r.Str(0), r.Str(1), r.Str(2), r.Int(3) != 0, r.Int(4)}; }
+
 Status InsertToken(Conn& c, const RefreshToken& t) {
   auto r = c.Exec(std::string("INSERT INTO refresh_tokens (") + kTokenCols + ") VALUES (?, ?, ?, ?, ?, ?)",
                   {t.token_hash, t.session_id, t.user_id, t.issued_at, t.expires_at, Opt(t.used_at)});
@@ -333,6 +343,56 @@ class SqlStore final : public Store {
     return Many<Hibernation>(std::string("SELECT ") + kHibCols +
                                  " FROM hibernations WHERE owner = ? ORDER BY started_at, id",
                              {owner}, ToHib);
+  }
+
+  Status AddAttempt(const MachineAttempt& a) override {
+    auto r = db_->Exec(std::string("INSERT INTO machine_attempts (") + kAttemptCols +
+                           ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       {a.id, a.owner, a.instance_id, a.provider, a.host_id, a.offer_id, a.machine_id, a.started_at,
+                        Opt(a.ready_at), Opt(a.ended_at), a.outcome, a.failure_reason});
+    return r ? Status::Ok() : r.error();
+  }
+  Status FinishAttempt(const std::string& instance_id, const std::string& outcome, const std::string& reason,
+                       int64_t now) override {
+    return db_->Transaction([&](Conn& c) -> Status {
+      auto rows = c.Query("SELECT id FROM machine_attempts WHERE instance_id = ? AND outcome = 'pending' "
+                          "ORDER BY started_at DESC LIMIT 1",
+                          {instance_id});
+      if (!rows) return rows.error();
+      if (rows->empty()) return Status::Ok();
+      auto u = outcome == "ready"
+                   ? c.Exec("UPDATE machine_attempts SET outcome = ?, ready_at = ? WHERE id = ?",
+                            {outcome, now, rows->front().Str(0)})
+                   : c.Exec("UPDATE machine_attempts SET outcome = ?, ended_at = ?, failure_reason = ? WHERE id = ?",
+                            {outcome, now, reason, rows->front().Str(0)});
+      return u ? Status::Ok() : u.error();
+    });
+  }
+  Result<std::vector<MachineAttempt>> ListAttempts(const std::string& provider, const std::string& host_id) override {
+    return Many<MachineAttempt>(std::string("SELECT ") + kAttemptCols +
+                                    " FROM machine_attempts WHERE provider = ? AND host_id = ? ORDER BY started_at, id",
+                                {provider, host_id}, ToAttempt);
+  }
+  Result<std::vector<MachineAttempt>> ListAllAttempts() override {
+    return Many<MachineAttempt>(std::string("SELECT ") + kAttemptCols + " FROM machine_attempts ORDER BY started_at, id",
+                                {}, ToAttempt);
+  }
+  Status AddBlacklist(const BlacklistEntry& e) override {
+    return db_->Transaction([&](Conn& c) -> Status {
+      auto d = c.Exec("DELETE FROM blacklist WHERE provider = ? AND host_id = ?", {e.provider, e.host_id});
+      if (!d) return d.error();
+      auto r = c.Exec(std::string("INSERT INTO blacklist (") + kBlacklistCols + ") VALUES (?, ?, ?, ?, ?)",
+                      {e.provider, e.host_id, e.reason, int64_t{e.automatic}, e.created_at});
+      return r ? Status::Ok() : r.error();
+    });
+  }
+  Status RemoveBlacklist(const std::string& provider, const std::string& host_id) override {
+    return ExpectOne(db_->Exec("DELETE FROM blacklist WHERE provider = ? AND host_id = ?", {provider, host_id}),
+                     "host " + provider + "/" + host_id + " is not blacklisted");
+  }
+  Result<std::vector<BlacklistEntry>> ListBlacklist() override {
+    return Many<BlacklistEntry>(std::string("SELECT ") + kBlacklistCols + " FROM blacklist ORDER BY created_at, host_id",
+                                {}, ToBlacklist);
   }
 
   Result<std::optional<std::string>> GetMeta(const std::string& key) override {

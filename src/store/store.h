@@ -104,6 +104,21 @@ struct Hibernation {
   double hours = 0, dollars = 0;
 };
 
+// One provisioning attempt of a provider machine (machine history; drives the blacklist).
+struct MachineAttempt {
+  std::string id, owner, instance_id, provider, host_id, offer_id, machine_id;
+  int64_t started_at = 0;
+  std::optional<int64_t> ready_at, ended_at;
+  std::string outcome = "pending";  // pending | ready | failed
+  std::string failure_reason;
+};
+
+struct BlacklistEntry {
+  std::string provider, host_id, reason;
+  bool automatic = false;
+  int64_t created_at = 0;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -163,6 +178,17 @@ class Store {
   // Closes the open hibernation of an instance (no-op when none is open).
   virtual Status EndHibernation(const std::string& instance_id, int64_t ended_at) = 0;
   virtual Result<std::vector<Hibernation>> ListHibernations(const std::string& owner) = 0;
+
+  // Machine history and blacklist (hosts are the provider's physical machines behind offers)
+  virtual Status AddAttempt(const MachineAttempt& a) = 0;
+  // Marks the newest pending attempt of an instance ready or failed (no-op when none is pending).
+  virtual Status FinishAttempt(const std::string& instance_id, const std::string& outcome, const std::string& reason,
+                               int64_t now) = 0;
+  virtual Result<std::vector<MachineAttempt>> ListAttempts(const std::string& provider, const std::string& host_id) = 0;
+  virtual Result<std::vector<MachineAttempt>> ListAllAttempts() = 0;
+  virtual Status AddBlacklist(const BlacklistEntry& e) = 0;  // replaces an existing entry
+  virtual Status RemoveBlacklist(const std::string& provider, const std::string& host_id) = 0;  // NotFound
+  virtual Result<std::vector<BlacklistEntry>> ListBlacklist() = 0;
 
   // Small key/value facts about the installation.
   virtual Result<std::optional<std::string>> GetMeta(const std::string& key) = 0;

@@ -1,0 +1,185 @@
+// The API client: access token in memory, refresh token in localStorage, one automatic refresh and
+// retry when a request answers 401. Errors are ApiError with the server's {code, message, field}.
+
+export const REFRESH_KEY = 'dumont.refresh_token';
+
+export class ApiError extends Error {
+  constructor(status, code, message, field) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+    this.field = field;
+  }
+}
+
+async function parseBody(res) {
+  const text = await res.text();
+  if (!text) return null;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+function errorFrom(res, body) {
+  const e = body && typeof body === 'object' && body.error;
+  if (e && typeof e === 'object') {
+    return new ApiError(res.status, e.code || 'error', e.message || `request failed (${res.status})`, e.field);
+  }
+  return new ApiError(res.status, 'http_' + res.status, `the server answered ${res.status} ${res.statusText || ''}`.trim());
+}
+
+export class ApiClient {
+  constructor({ baseUrl = '', fetchImpl, storage } = {}) {
+    this.baseUrl = baseUrl;
+    this.fetchImpl = fetchImpl || ((...a) => globalThis.fetch(...a));
+    this.storage = storage !== undefined ? storage : globalThis.localStorage;
+    this.accessToken = null;
+    this.refreshing = null; // one refresh at a time, shared by concurrent 401s
+    this.onAuthLost = null; // called when the session cannot be refreshed
+  }
+
+  get refreshToken() {
+    try {
+      return this.storage ? this.storage.getItem(REFRESH_KEY) : null;
+    } catch {
+      return null;
+    }
+  }
+
+  set refreshToken(v) {
+    try {
+      if (!this.storage) return;
+      if (v) this.storage.setItem(REFRESH_KEY, v);
+      else this.storage.removeItem(REFRESH_KEY);
+    } catch {
+      /* storage unavailable: the session lasts as long as the page */
+    }
+  }
+
+  hasSession() {
+    return !!(this.accessToken || this.refreshToken);
+  }
+
+  setTokens(t) {
+    this.accessToken = t.access_token;
+    if (t.refresh_token) this.refreshToken = t.refresh_token;
+  }
+
+  clearTokens() {
+    this.accessToken = null;
+    this.refreshToken = null;
+  }
+
+  async raw(method, path, body, token) {
+    const headers = { Accept: 'application/json' };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    if (token) headers.Authorization = `Bearer ${token}`;
+    let res;
+    try {
+      res = await this.fetchImpl(this.baseUrl + path, {
+        method,
+        headers,
+        body: body !== undefined ? JSON.stringify(body) : undefined,
+      });
+    } catch (err) {
+      throw new ApiError(0, 'network', 'cannot reach the server: ' + (err && err.message ? err.message : err));
+    }
+    const data = await parseBody(res);
+    if (!res.ok) throw errorFrom(res, data);
+    return data;
+  }
+
+  // Exchanges the stored refresh token for new tokens; concurrent callers share one request.
+  refresh() {
+    if (!this.refreshing) {
+      const rt = this.refreshToken;
+      this.refreshing = (async () => {
+        if (!rt) return false;
+        try {
+          const t = await this.raw('POST', '/api/v1/auth/refresh', { refresh_token: rt });
+          this.setTokens(t);
+          return true;
+        } catch (err) {
+          if (err.status === 0) throw err; // offline: keep the refresh token for later
+          this.clearTokens();
+          return false;
+        }
+      })().finally(() => {
+        this.refreshing = null;
+      });
+    }
+    return this.refreshing;
+  }
+
+  async request(method, path, body) {
+    if (!this.accessToken && this.refreshToken) await this.refresh();
+    const sent = this.accessToken;
+    try {
+      return await this.raw(method, path, body, sent);
+    } catch (err) {
+      if (err.status !== 401 || !this.refreshToken) {
+        if (err.status === 401) this.authLost();
+        throw err;
+      }
+      // Someone else may have refreshed already while this request was in flight.
+      const ok = this.accessToken && this.accessToken !== sent ? true : await this.refresh();
+      if (!ok) {
+        this.authLost();
+        throw err;
+      }
+      try {
+        return await this.raw(method, path, body, this.accessToken);
+      } catch (err2) {
+        if (err2.status === 401) {
+          this.clearTokens();
+          this.authLost();
+        }
+        throw err2;
+      }
+    }
+  }
+
+  authLost() {
+    if (this.onAuthLost) this.onAuthLost();
+  }
+
+  get(path) {
+    return this.request('GET', path);
+  }
+  post(path, body) {
+    return this.request('POST', path, body === undefined ? {} : body);
+  }
+  put(path, body) {
+    return this.request('PUT', path, body);
+  }
+  patch(path, body) {
+    return this.request('PATCH', path, body);
+  }
+  del(path) {
+    return this.request('DELETE', path);
+  }
+
+  async login(email, password) {
+    const t = await this.raw('POST', '/api/v1/auth/login', { email, password });
+    this.setTokens(t);
+    return t;
+  }
+
+  register(email, password) {
+    return this.raw('POST', '/api/v1/auth/register', { email, password });
+  }
+
+  async logout() {
+    const rt = this.refreshToken;
+    try {
+      if (this.accessToken) await this.raw('POST', '/api/v1/auth/logout', rt ? { refresh_token: rt } : {}, this.accessToken);
+    } finally {
+      this.clearTokens();
+    }
+  }
+}
+
+export const api = new ApiClient();

@@ -1,0 +1,67 @@
+export function ErrorBox({ error, onRetry, title }) {
+  if (!error) return null;
+  const msg = typeof error === 'string' ? error : error.message;
+  return (
+    <div className="error" role="alert">
+      {title ? <strong>{title}: </strong> : null}
+      {msg}
+      {onRetry ? (
+        <button type="button" className="link" onClick={onRetry}>
+          Retry
+        </button>
+      ) : null}
+    </div>
+  );
+}
+
+export function Loading({ label = 'Loading…' }) {
+  return (
+    <p className="loading" role="status" aria-live="polite">
+      <span className="spinner" aria-hidden="true" /> {label}
+    </p>
+  );
+}
+
+const STATE_CLASS = {
+  running: 'ok',
+  provisioning: 'busy',
+  waking: 'busy',
+  hibernating: 'busy',
+  pausing: 'busy',
+  destroying: 'busy',
+  hibernated: 'sleep',
+  paused: 'sleep',
+  destroyed: 'off',
+  error: 'bad',
+};
+
+export function StateBadge({ state }) {
+  return (
+    <span className={`badge badge-${STATE_CLASS[state] || 'off'}`} data-state={state}>
+      {state}
+    </span>
+  );
+}
+
+// The last readings as a small line (0..100 %).
+export function Sparkline({ values, width = 120, height = 28, label }) {
+  if (!values || values.length === 0) {
+    return <svg className="sparkline" width={width} height={height} role="img" aria-label={`${label}: no readings yet`} />;
+  }
+  const n = values.length;
+  const step = n > 1 ? width / (n - 1) : 0;
+  const y = (v) => height - 2 - (Math.max(0, Math.min(100, v)) / 100) * (height - 4);
+  const pts = values.map((v, i) => `${(n > 1 ? i * step : width / 2).toFixed(1)},${y(v).toFixed(1)}`).join(' ');
+  return (
+    <svg
+      className="sparkline"
+      width={width}
+      height={height}
+      viewBox={`0 0 ${width} ${height}`}
+      role="img"
+      aria-label={`${label}: last ${n} readings, latest ${Math.round(values[n - 1])} %`}
+    >
+      <polyline points={pts} fill="none" stroke="currentColor" strokeWidth="1.5" />
+    </svg>
+  );
+}
