@@ -115,7 +115,8 @@ Result<json> SearchOffers(store::Store& s, const std::vector<provider::Provider*
       errors.push_back({{"provider", p->Name()}, {"error", o.error().message()}});
       continue;
     }
-    for (const auto& off : *o) {
+    for (auto off : *o) {
+      off.provider = p->Name();  // history and blacklist are keyed by the registered name
       if (!q.gpu.empty() && lower(off.gpu_name).find(lower(q.gpu)) == std::string::npos) continue;
       if (q.num_gpus && off.num_gpus < q.num_gpus) continue;
       if (q.min_vram_gb > 0 && off.gpu_ram_gb < q.min_vram_gb) continue;

@@ -4,6 +4,7 @@
 
 #include "fleet/decide.h"
 #include "fleet/fleet.h"
+#include "fleet/history.h"
 #include "provider/sim.h"
 #include "test_util.h"
 
@@ -248,6 +249,63 @@ TEST_F(FleetTest, DestroyRemovesTheMachineAndIsIdempotent) {
   EXPECT_EQ(Load(a->id).state, "destroyed");
   EXPECT_FALSE(fleet_->FindProvider("sim")->Get(machine));
   EXPECT_TRUE(fleet_->List("usr_a")->empty());
+}
+
+TEST_F(FleetTest, FailingHostsAreRecordedAndBlacklistedAutomatically) {
+  // A second sim provider whose machines always fail.
+  provider::SimOptions bad;
+  bad.fail_fast_rate = 1.0;
+  auto failing = provider::NewSimProvider(bad, clock_);
+  struct Renamed : provider::Provider {
+    std::unique_ptr<provider::Provider> p;
+    std::string Name() const override { return "flaky"; }
+    Result<std::vector<provider::Offer>> Offers() override { return p->Offers(); }
+    std::map<std::string, provider::Capability> Capabilities() const override { return p->Capabilities(); }
+    Result<provider::Machine> Create(const provider::MachineSpec& s) override { return p->Create(s); }
+    Result<provider::Machine> Get(const std::string& id) override { return p->Get(id); }
+    Result<std::vector<provider::Machine>> ListByLabelPrefix(const std::string& x) override { return p->ListByLabelPrefix(x); }
+    Status Stop(const std::string& id) override { return p->Stop(id); }
+    Status Start(const std::string& id) override { return p->Start(id); }
+    Status Destroy(const std::string& id) override { return p->Destroy(id); }
+  };
+  auto r = std::make_unique<Renamed>();
+  r->p = std::move(failing);
+  fleet_->AddProvider(std::move(r));
+  auto a = fleet_->Create("usr_a", {{"name", "flaky"}, {"provider", "flaky"}, {"offer_id", "sim-3"}});
+  ASSERT_TRUE(a);
+  for (int k = 0; k < 8; ++k) ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  auto stats = HostStatsOf(*store_, "flaky", "sim-3");
+  ASSERT_TRUE(stats);
+  EXPECT_GE(stats->failed, 3);
+  EXPECT_EQ(stats->ready, 0);
+  auto bl = store_->ListBlacklist();
+  ASSERT_EQ(bl->size(), 1u);
+  EXPECT_EQ(bl->front().host_id, "sim-3");
+  EXPECT_TRUE(bl->front().automatic);
+  // Offers show it as blacklisted, sorted and filtered.
+  OfferQuery q;
+  q.provider = "flaky";
+  q.max_price = 10;
+  auto offers = SearchOffers(*store_, fleet_->Providers(), q);
+  ASSERT_TRUE(offers);
+  bool seen = false;
+  double last = 0;
+  for (const auto& o : (*offers)["offers"]) {
+    EXPECT_EQ(o["provider"], "flaky");
+    EXPECT_GE(o["price_per_hour"].get<double>(), last);
+    last = o["price_per_hour"];
+    if (o["id"] == "sim-3") {
+      seen = true;
+      EXPECT_TRUE(o["blacklisted"].get<bool>());
+      EXPECT_GE(o["history"]["attempts"].get<int>(), 3);
+    }
+  }
+  EXPECT_TRUE(seen);
+  q.gpu = "h100";
+  auto h100 = SearchOffers(*store_, fleet_->Providers(), q);
+  for (const auto& o : (*h100)["offers"]) EXPECT_EQ(o["gpu_name"], "H100");
+  EXPECT_FALSE(ParseOfferQuery({{"sort", "cheapest"}}));
+  EXPECT_EQ(*ParseOfferQuery({{"max_price", "x"}}).error().field(), "max_price");
 }
 
 TEST_F(FleetTest, CreateValidatesWithFieldNames) {
