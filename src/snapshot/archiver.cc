@@ -200,26 +200,34 @@ class Run {
     return true;
   }
 
-  // Saves the directory at `path` and returns its tree id. Post-order: files are read in parallel
-  // while subdirectories are walked.
-  Result<Id> SaveDir(const std::string& path, const std::string& where, const std::optional<Id>& parent_tree) {
+  // A directory walked but not yet saved: its nodes, the reads in flight for its files, and its
+  // subdirectories. Walking submits every file read of the whole tree before any tree is built, so
+  // the readers never wait for one directory to finish before the next directory's files start.
+  struct PendingFile {
+    size_t node;
+    std::future<Result<std::vector<Id>>> content;
+    std::shared_ptr<uint64_t> read;
+  };
+  struct DirPlan {
+    std::string path, where;
+    std::vector<Node> nodes;
+    std::vector<PendingFile> files;
+    std::vector<std::pair<size_t, std::unique_ptr<DirPlan>>> subdirs;  // node index -> plan
+  };
+
+  std::unique_ptr<DirPlan> Walk(const std::string& path, const std::string& where, const std::optional<Id>& parent_tree) {
+    auto plan = std::make_unique<DirPlan>();
+    plan->path = path;
+    plan->where = where;
     auto parent = LoadParentTree(parent_tree, where);
     std::vector<std::string> names;
     std::error_code ec;
     for (auto it = fs::directory_iterator(path, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
       names.push_back(it->path().filename().string());
     }
-    if (ec) {
-      Warn("cannot list " + path + ": " + ec.message());
-    }
+    if (ec) Warn("cannot list " + path + ": " + ec.message());
     std::sort(names.begin(), names.end());
-    std::vector<Node> nodes;
-    struct PendingFile {
-      size_t node;
-      std::future<Result<std::vector<Id>>> content;
-      std::shared_ptr<uint64_t> read;
-    };
-    std::vector<PendingFile> pending;
+    std::vector<std::pair<size_t, std::pair<std::string, std::optional<Id>>>> dirs;
     for (const auto& name : names) {
       std::string child = path + "/" + name;
       if (Excluded(child, name)) continue;
@@ -239,15 +247,12 @@ class Run {
         }
         target.resize(len);
         n.target = target;
-        nodes.push_back(std::move(n));
+        plan->nodes.push_back(std::move(n));
       } else if (n.type == "dir") {
         std::optional<Id> sub_parent;
         if (auto it = parent.find(name); it != parent.end() && it->second.type == "dir") sub_parent = it->second.subtree;
-        auto sub = SaveDir(child, where + "/" + name, sub_parent);
-        if (!sub) return Err(sub.error());
-        n.subtree = *sub;
-        ++summary_.dirs;
-        nodes.push_back(std::move(n));
+        plan->nodes.push_back(std::move(n));
+        dirs.push_back({plan->nodes.size() - 1, {child, sub_parent}});
       } else {
         if (!opts_.no_parent && Unchanged(n, parent)) {
           n.content = parent.at(name).content;
@@ -255,24 +260,38 @@ class Run {
           ++progress_.files_done;
           progress_bytes_ += n.size;
           summary_.bytes_total += n.size;
-          nodes.push_back(std::move(n));
+          plan->nodes.push_back(std::move(n));
           continue;
         }
-        bool existed = parent.count(name) > 0;
-        (existed ? summary_.files_changed : summary_.files_new) += 1;
-        nodes.push_back(std::move(n));
+        (parent.count(name) ? summary_.files_changed : summary_.files_new) += 1;
+        plan->nodes.push_back(std::move(n));
         auto read = std::make_shared<uint64_t>(0);
         auto task = std::make_shared<std::packaged_task<Result<std::vector<Id>>()>>(
             [this, child, read] { return ReadFile(child, read.get()); });
-        pending.push_back({nodes.size() - 1, task->get_future(), read});
+        plan->files.push_back({plan->nodes.size() - 1, task->get_future(), read});
         readers_->Submit([task] { (*task)(); });
       }
       Report(child);
     }
+    // Files of this directory are queued; now the subdirectories (their files queue behind ours).
+    for (auto& [idx, d] : dirs) {
+      plan->subdirs.emplace_back(idx, Walk(d.first, where + "/" + plan->nodes[idx].name, d.second));
+    }
+    return plan;
+  }
+
+  // Post-order: waits for a directory's file reads and subtrees, then stores its tree blob.
+  Result<Id> Build(DirPlan& plan) {
+    for (auto& [idx, sub] : plan.subdirs) {
+      auto id = Build(*sub);
+      if (!id) return Err(id.error());
+      plan.nodes[idx].subtree = *id;
+      ++summary_.dirs;
+    }
     std::vector<size_t> failed;
-    for (auto& p : pending) {
+    for (auto& p : plan.files) {
       auto content = p.content.get();
-      Node& n = nodes[p.node];
+      Node& n = plan.nodes[p.node];
       summary_.bytes_read += *p.read;
       ++progress_.files_done;
       if (!content) {
@@ -287,12 +306,19 @@ class Run {
       n.size = *p.read;
       summary_.bytes_total += n.size;
     }
-    for (auto it = failed.rbegin(); it != failed.rend(); ++it) nodes.erase(nodes.begin() + static_cast<long>(*it));
-    std::string blob = EncodeTree(std::move(nodes));
+    Report(plan.path);
+    std::sort(failed.begin(), failed.end());
+    for (auto it = failed.rbegin(); it != failed.rend(); ++it) plan.nodes.erase(plan.nodes.begin() + static_cast<long>(*it));
+    std::string blob = EncodeTree(std::move(plan.nodes));
     Id id = repo_.BlobId(blob);
     auto saved = repo_.SaveBlob(BlobType::kTree, id, blob);
     if (!saved) return Err(saved.error());
     return id;
+  }
+
+  Result<Id> SaveDir(const std::string& path, const std::string& where, const std::optional<Id>& parent_tree) {
+    auto plan = Walk(path, where, parent_tree);
+    return Build(*plan);
   }
 
   void Warn(const std::string& w) {
