@@ -89,6 +89,13 @@ std::vector<provider::Provider*> Fleet::Providers() {
   return out;
 }
 
+void Fleet::ForgetTokens(const std::string& instance_id) {
+  std::lock_guard tl(token_mu_);
+  for (auto it = token_cache_.begin(); it != token_cache_.end();) {
+    it = it->second.instance_id == instance_id ? token_cache_.erase(it) : std::next(it);
+  }
+}
+
 std::mutex& Fleet::LockFor(const std::string& id) { return locks_[std::hash<std::string>{}(id) % locks_.size()]; }
 
 std::string Fleet::RepoLocation(const std::string& id) const {
@@ -382,20 +389,32 @@ Result<json> Fleet::Enroll(const std::string& token) {
 
 Result<json> Fleet::Heartbeat(const std::string& agent_token, const json& body) {
   if (agent_token.rfind("dat_", 0) != 0) return Err(Status::Unauthenticated("not an agent token"));
-  auto t = store_.GetAgentToken(auth::Sha256Hex(agent_token));
-  if (!t || t->kind != "agent" || t->revoked_at) {
-    return Err(Status::Unauthenticated("unknown or revoked agent token (the machine was destroyed or replaced)"));
+  std::string hash = auth::Sha256Hex(agent_token);
+  std::optional<CachedToken> tok;
+  {
+    std::lock_guard tl(token_mu_);
+    if (auto it = token_cache_.find(hash); it != token_cache_.end()) tok = it->second;
+  }
+  if (!tok) {
+    auto t = store_.GetAgentToken(hash);
+    if (!t || t->kind != "agent" || t->revoked_at) {
+      return Err(Status::Unauthenticated("unknown or revoked agent token (the machine was destroyed or replaced)"));
+    }
+    tok = CachedToken{t->instance_id, t->attempt};
+    std::lock_guard tl(token_mu_);
+    if (token_cache_.size() > 1'000'000) token_cache_.clear();
+    token_cache_[hash] = *tok;
   }
   std::string claimed = body.value("instance_id", "");
-  if (claimed != t->instance_id) {
+  if (claimed != tok->instance_id) {
     return Err(Status::PermissionDenied("this agent token belongs to another machine; it cannot report for " + claimed));
   }
-  std::lock_guard lock(LockFor(t->instance_id));
-  auto i = store_.GetInstance(t->instance_id);
+  std::lock_guard lock(LockFor(tok->instance_id));
+  auto i = store_.GetInstance(tok->instance_id);
   if (!i) return Err(i.error());
-  if (t->attempt != i->attempt) {
-    return Err(Status::PermissionDenied("this agent belongs to a replaced machine (attempt " + std::to_string(t->attempt) +
-                                        ", current " + std::to_string(i->attempt) + ")"));
+  if (tok->attempt != i->attempt) {
+    return Err(Status::PermissionDenied("this agent belongs to a replaced machine (attempt " +
+                                        std::to_string(tok->attempt) + ", current " + std::to_string(i->attempt) + ")"));
   }
   int64_t now_ms = clock_.NowUnixMillis();
   std::vector<double> utils;
@@ -406,11 +425,16 @@ Result<json> Fleet::Heartbeat(const std::string& agent_token, const json& body) 
       }
     }
   }
+  bool wake_controller = i->state != "running" || i->desired != "running";
   {
     std::lock_guard tl(telemetry_mu_);
     std::optional<Telemetry> prev;
     if (auto it = telemetry_.find(i->id); it != telemetry_.end()) prev = it->second;
-    telemetry_[i->id] = ApplyHeartbeat(prev, utils, i->gpu_threshold_pct, now_ms, StaleMs());
+    Telemetry next = ApplyHeartbeat(prev, utils, i->gpu_threshold_pct, now_ms, StaleMs());
+    // The controller only needs to look when the idle window opens or closes (it then schedules
+    // itself for the window's end); steady heartbeats change nothing it decides on.
+    if (!prev || (prev->idle_since_ms == 0) != (next.idle_since_ms == 0)) wake_controller = true;
+    telemetry_[i->id] = next;
   }
   // Write-behind: the database learns of heartbeats at most every 15 s per instance.
   if (clock_.NowUnix() - i->last_heartbeat >= 15) DUMONT_RETURN_IF_ERROR(store_.TouchHeartbeat(i->id, clock_.NowUnix()));
@@ -440,11 +464,12 @@ Result<json> Fleet::Heartbeat(const std::string& agent_token, const json& body) 
       }
       i->command_json = cmd.dump();
       DUMONT_RETURN_IF_ERROR(SaveStatus(*i));
+      wake_controller = true;
     }
   }
   json commands = json::array();
   if (!cmd.is_null() && !cmd.value("done", false) && !cmd.value("failed", false)) commands.push_back(cmd);
-  queue_.Add(i->id);
+  if (wake_controller) queue_.Add(i->id);
   // Commands travel on heartbeat answers, so come back sooner when one may be coming: during a
   // hibernation or wake, right after the idle window ends, or while a command runs.
   double next_s = static_cast<double>(opts_.heartbeat_interval_s);
@@ -522,6 +547,7 @@ Status Fleet::ReconcileLocked(Instance& i) {
     if (i.state != "destroying") DUMONT_RETURN_STATUS_IF_ERROR(SetState(i, "destroying", ""));
     if (!i.machine_id.empty()) DUMONT_RETURN_STATUS_IF_ERROR(p->Destroy(i.machine_id));
     DUMONT_RETURN_STATUS_IF_ERROR(store_.RevokeAgentTokens(i.id, now_s));
+    ForgetTokens(i.id);
     DUMONT_RETURN_STATUS_IF_ERROR(store_.EndHibernation(i.id, now_s));
     i.machine_id.clear();
     i.machine_json = "{}";
@@ -637,6 +663,7 @@ Status Fleet::ReconcileLocked(Instance& i) {
     // The final snapshot is committed: now the machine can go and billing stops.
     DUMONT_RETURN_STATUS_IF_ERROR(p->Destroy(i.machine_id));
     DUMONT_RETURN_STATUS_IF_ERROR(store_.RevokeAgentTokens(i.id, now_s));
+    ForgetTokens(i.id);
     DUMONT_RETURN_STATUS_IF_ERROR(
         store_.StartHibernation({NewId("hib_"), i.id, i.owner, i.price_per_hour, now_s, std::nullopt, 0, 0}));
     DUMONT_RETURN_STATUS_IF_ERROR(Record(i, "machine_destroyed", i.machine_id + " (hibernated)"));

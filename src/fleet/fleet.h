@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <map>
+#include <unordered_map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -101,6 +102,15 @@ class Fleet {
   std::array<std::mutex, 64> locks_;
   std::mutex telemetry_mu_;
   std::map<std::string, Telemetry> telemetry_;
+  // Agent tokens seen recently (hash -> instance, attempt): heartbeats skip the token lookup.
+  // Entries of an instance are dropped whenever its tokens are revoked.
+  struct CachedToken {
+    std::string instance_id;
+    int64_t attempt;
+  };
+  std::mutex token_mu_;
+  std::unordered_map<std::string, CachedToken> token_cache_;
+  void ForgetTokens(const std::string& instance_id);
   std::atomic<bool> running_{false};
   std::vector<std::thread> threads_;
   std::mutex stop_mu_;

@@ -40,8 +40,9 @@ class SimProvider final : public Provider {
 
   Result<Machine> Create(const MachineSpec& spec) override {
     std::lock_guard l(mu_);
-    for (auto& [id, m] : machines_) {
-      if (m.machine.label == spec.label && m.machine.state != MachineState::kTerminated) return Refresh(m);
+    if (auto it = by_label_.find(spec.label); it != by_label_.end()) {
+      auto& m = machines_[it->second];
+      if (m.machine.state != MachineState::kTerminated) return Refresh(m);
     }
     Sim s;
     s.machine.id = "sim-m" + std::to_string(next_++);
@@ -60,6 +61,7 @@ class SimProvider final : public Provider {
       s.boot_ms = static_cast<int64_t>(ln(rng_) * 1000);
     }
     machines_[s.machine.id] = s;
+    by_label_[spec.label] = s.machine.id;  // labels are looked up on every create: keep it O(log n)
     return Refresh(machines_[s.machine.id]);
   }
   Result<Machine> Get(const std::string& id) override {
@@ -116,6 +118,7 @@ class SimProvider final : public Provider {
   std::mt19937_64 rng_;
   std::mutex mu_;
   std::map<std::string, Sim> machines_;
+  std::map<std::string, std::string> by_label_;
   int next_ = 1;
 };
 
