@@ -38,11 +38,16 @@ format:
 
 # Benchmarks (not part of `make test`): dumont vs restic on generated workspaces, see bench/README.md.
 # BENCH_SIZES="0.5" for a quick run (default "2 7"); results in bench/results/snapshot.json.
-.PHONY: bench bench-snapshot
-bench: bench-snapshot bench-multistart
+.PHONY: bench bench-snapshot bench-api
+bench: bench-snapshot bench-multistart bench-api
 
 bench-snapshot: build
 	bash bench/snapshot_bench.sh
+
+# Heartbeat ingestion: dumontd vs FastAPI+uvicorn, then 100k agents at 10k heartbeats/s on SQLite and
+# PostgreSQL; results in bench/results/api.json (API_SCALE_S=300 for 5-minute scale runs).
+bench-api: build
+	bash bench/api_bench.sh
 
 # Multi-start vs one-at-a-time deploys on a simulated marketplace (fake clock, ~5 s); see bench/README.md.
 .PHONY: bench-multistart
