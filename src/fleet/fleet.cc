@@ -436,8 +436,12 @@ Result<json> Fleet::Heartbeat(const std::string& agent_token, const json& body) 
     if (!prev || (prev->idle_since_ms == 0) != (next.idle_since_ms == 0)) wake_controller = true;
     telemetry_[i->id] = next;
   }
-  // Write-behind: the database learns of heartbeats at most every 15 s per instance.
-  if (clock_.NowUnix() - i->last_heartbeat >= 15) DUMONT_RETURN_IF_ERROR(store_.TouchHeartbeat(i->id, clock_.NowUnix()));
+  // Write-behind: heartbeat times reach the database in batches (FlushHeartbeats, every few
+  // seconds, one transaction), never one write per heartbeat.
+  {
+    std::lock_guard bl(beats_mu_);
+    pending_beats_[i->id] = clock_.NowUnix();
+  }
 
   json cmd = ParseCmd(i->command_json);
   if (!cmd.is_null() && body.contains("command_results") && body["command_results"].is_array()) {
@@ -737,9 +741,9 @@ void Fleet::SweepOrphans() {
 void Fleet::Start() {
   if (running_.exchange(true)) return;
   SweepOrphans();
-  auto live = store_.ListLiveInstances();
+  auto live = store_.ListLiveInstanceIds();
   if (live) {
-    for (const auto& i : *live) queue_.Add(i.id);
+    for (const auto& id : *live) queue_.Add(id);
   }
   for (int w = 0; w < std::max(1, opts_.workers); ++w) threads_.emplace_back([this] { WorkerLoop(); });
   threads_.emplace_back([this] { ResyncLoop(); });
@@ -751,6 +755,7 @@ void Fleet::Stop() {
   stop_cv_.notify_all();
   for (auto& t : threads_) t.join();
   threads_.clear();
+  (void)FlushHeartbeats();  // a clean stop loses no heartbeat time
 }
 
 void Fleet::WorkerLoop() {
@@ -773,17 +778,36 @@ void Fleet::WorkerLoop() {
   }
 }
 
+Status Fleet::FlushHeartbeats() {
+  std::vector<std::pair<std::string, int64_t>> batch;
+  {
+    std::lock_guard bl(beats_mu_);
+    batch.assign(pending_beats_.begin(), pending_beats_.end());
+    pending_beats_.clear();
+  }
+  return store_.TouchHeartbeats(batch);
+}
+
 void Fleet::ResyncLoop() {
   std::unique_lock lock(stop_mu_);
+  auto next_resync = std::chrono::steady_clock::now() + std::chrono::seconds(opts_.resync_interval_s);
   while (running_) {
-    stop_cv_.wait_for(lock, std::chrono::seconds(opts_.resync_interval_s), [&] { return !running_.load(); });
-    if (!running_) break;
+    stop_cv_.wait_for(lock, std::chrono::seconds(2), [&] { return !running_.load(); });
+    lock.unlock();
+    Status flushed = FlushHeartbeats();
+    if (!flushed.ok() && log_) log_->Warn("heartbeat flush failed", {{"error", flushed.ToString()}});
+    lock.lock();
+    if (!running_ || std::chrono::steady_clock::now() < next_resync) continue;
     lock.unlock();
     SweepOrphans();
-    auto live = store_.ListLiveInstances();
+    auto live = store_.ListLiveInstanceIds();
+    size_t n = live ? live->size() : 0;
     if (live) {
-      for (const auto& i : *live) queue_.Add(i.id);
+      for (const auto& id : *live) queue_.Add(id);
     }
+    // The resync is a safety net; with very many instances, space it out (2000 instances a second).
+    int64_t interval = std::max<int64_t>(opts_.resync_interval_s, static_cast<int64_t>(n / 2000));
+    next_resync = std::chrono::steady_clock::now() + std::chrono::seconds(interval);
     lock.lock();
   }
 }

@@ -111,6 +111,12 @@ class Fleet {
   std::mutex token_mu_;
   std::unordered_map<std::string, CachedToken> token_cache_;
   void ForgetTokens(const std::string& instance_id);
+  // Heartbeat timestamps waiting for the next batched write (write-behind).
+  std::mutex beats_mu_;
+  std::unordered_map<std::string, int64_t> pending_beats_;
+ public:
+  Status FlushHeartbeats();
+ private:
   std::atomic<bool> running_{false};
   std::vector<std::thread> threads_;
   std::mutex stop_mu_;

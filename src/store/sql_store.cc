@@ -263,6 +263,10 @@ class SqlStore final : public Store {
                               " FROM instances WHERE state <> 'destroyed' ORDER BY created_at, id",
                           {}, ToInstance);
   }
+  Result<std::vector<std::string>> ListLiveInstanceIds() override {
+    return Many<std::string>("SELECT id FROM instances WHERE state <> 'destroyed' ORDER BY created_at, id", {},
+                             [](const Row& r) { return r.Str(0); });
+  }
   Status UpdateInstanceSpec(const Instance& i) override {
     return ExpectOne(db_->Exec("UPDATE instances SET name = ?, desired = ?, hib_enabled = ?, gpu_threshold_pct = ?, "
                                "idle_seconds = ?, release_after_seconds = ?, updated_at = ? WHERE id = ?",
@@ -281,6 +285,17 @@ class SqlStore final : public Store {
   Status TouchHeartbeat(const std::string& id, int64_t now) override {
     auto r = db_->Exec("UPDATE instances SET last_heartbeat = ? WHERE id = ?", {now, id});
     return r ? Status::Ok() : r.error();
+  }
+
+  Status TouchHeartbeats(const std::vector<std::pair<std::string, int64_t>>& beats) override {
+    if (beats.empty()) return Status::Ok();
+    return db_->Transaction([&](Conn& c) -> Status {
+      for (const auto& [id, t] : beats) {
+        auto r = c.Exec("UPDATE instances SET last_heartbeat = ? WHERE id = ?", {t, id});
+        if (!r) return r.error();
+      }
+      return Status::Ok();
+    });
   }
 
   Status AddEvent(const Event& e) override {

@@ -161,9 +161,12 @@ class Store {
   virtual Result<Instance> GetInstanceOwned(const std::string& id, const std::string& owner) = 0;
   virtual Result<std::vector<Instance>> ListInstances(const std::string& owner) = 0;
   virtual Result<std::vector<Instance>> ListLiveInstances() = 0;  // every instance not destroyed
+  virtual Result<std::vector<std::string>> ListLiveInstanceIds() = 0;  // the same, ids only (cheap)
   virtual Status UpdateInstanceSpec(const Instance& i) = 0;        // name, desired, hibernation settings
   virtual Status UpdateInstanceStatus(const Instance& i) = 0;      // state and the other status fields
   virtual Status TouchHeartbeat(const std::string& id, int64_t now) = 0;
+  // Many heartbeat timestamps in one transaction (the write-behind flush).
+  virtual Status TouchHeartbeats(const std::vector<std::pair<std::string, int64_t>>& beats) = 0;
 
   virtual Status AddEvent(const Event& e) = 0;
   virtual Result<std::vector<Event>> ListEvents(const std::string& instance_id, int limit) = 0;
