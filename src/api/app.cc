@@ -65,6 +65,13 @@ class BearerAuthenticator final : public http::Authenticator {
   auth::AuthService& auth_;
 };
 
+
+auth::Identity ToIdentity(const http::Principal& p) {
+  return auth::Identity{p.user_id, p.email, p.role, p.session_id, p.api_key_id};
+}
+
+}  // namespace
+
 // dumont-agent lives beside the running binary (build/bin/ or the install prefix's bin/).
 std::string AgentBinaryPath() {
   char buf[4096];
@@ -73,12 +80,6 @@ std::string AgentBinaryPath() {
   buf[n] = 0;
   return (std::filesystem::path(buf).parent_path() / "dumont-agent").string();
 }
-
-auth::Identity ToIdentity(const http::Principal& p) {
-  return auth::Identity{p.user_id, p.email, p.role, p.session_id, p.api_key_id};
-}
-
-}  // namespace
 
 App::App(const Config& cfg, const Clock& clock, Logger* logger)
     : cfg_(cfg), clock_(clock), logger_(logger), start_time_(clock.NowUnixMillis() / 1000.0) {}

@@ -53,6 +53,8 @@ class App {
 };
 
 std::string DocsPageHtml();
+// The dumont-agent binary beside the running executable (build/bin/ or the install bin/).
+std::string AgentBinaryPath();
 // Serves a built single-page app from `dir`: files as they are, unknown extension-less paths as
 // index.html (client-side routes). Never leaves `dir`.
 std::optional<http::Response> ServeStatic(const std::string& dir, const http::Request& req);

@@ -26,13 +26,6 @@ namespace {
 
 const char* kInstance = "/api/v1/instances/{id}";
 
-std::string AgentBinary() {
-  char buf[4096];
-  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return "";
-  buf[n] = 0;
-  return (std::filesystem::path(buf).parent_path() / "dumont-agent").string();
-}
 
 std::string BearerOf(const http::Request& req) {
   auto h = req.headers.Get("authorization");
@@ -179,7 +172,7 @@ void App::RegisterFleetRoutes() {
   router_->Add(RouteSpec{.method = "GET", .path = "/api/v1/agent/download", .summary = "The dumont-agent binary (linux x86_64)",
                          .tag = "agent", .auth = Auth::kNone, .produces = "application/octet-stream"},
                [](Context&) -> Result<Response> {
-                 std::ifstream in(AgentBinary(), std::ios::binary);
+                 std::ifstream in(AgentBinaryPath(), std::ios::binary);
                  if (!in) return Err(Status::NotFound("the agent binary is not installed beside dumontd"));
                  std::ostringstream data;
                  data << in.rdbuf();
