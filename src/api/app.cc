@@ -8,6 +8,7 @@
 
 #include "provider/local.h"
 #include "provider/sim.h"
+#include "provider/vast.h"
 
 namespace dumont::api {
 namespace {
@@ -122,6 +123,12 @@ Result<std::unique_ptr<App>> App::Create(const Config& cfg, const Clock& clock, 
   std::filesystem::create_directories(lo.root, ec);
   app->fleet_->AddProvider(provider::NewLocalProvider(lo));
   if (cfg.fleet_sim_provider) app->fleet_->AddProvider(provider::NewSimProvider({}, clock));
+  if (!cfg.vast_api_key.empty()) {
+    provider::VastOptions vo;
+    vo.base_url = cfg.vast_base_url;
+    vo.api_key = cfg.vast_api_key;
+    app->fleet_->AddProvider(provider::NewVastProvider(vo));
+  }
 
   app->metrics_ = std::make_unique<http::Metrics>(DUMONT_VERSION, DUMONT_GIT_COMMIT, app->start_time_);
   app->authenticator_ = std::make_unique<BearerAuthenticator>(*app->auth_);

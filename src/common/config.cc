@@ -38,6 +38,8 @@ const std::vector<Binding>& Bindings() {
       {{"auth.login_max_failures_per_address", T::kInt, "failed logins per client address per window before 429"}, nullptr, &Config::auth_login_max_failures_per_address},
       {{"auth.login_window_s", T::kInt, "login throttling window"}, nullptr, &Config::auth_login_window_s},
       {{"auth.password_hash", T::kString, "argon2id cost: interactive | moderate | fast (fast is for tests)"}, &Config::auth_password_hash},
+      {{"providers.vast.base_url", T::kString, "Vast.ai API base URL (an emulator's URL in tests)"}, &Config::vast_base_url},
+      {{"providers.vast.api_key", T::kString, "Vast.ai API key; enables the vast provider (secret: prefer the environment)"}, &Config::vast_api_key},
       {{"web.dir", T::kString, "directory of the built web console (default: web/dist of the source tree, when present)"}, &Config::web_dir},
       {{"public_url", T::kString, "URL agents use to reach dumontd (default: http://<listen>)"}, &Config::public_url},
       {{"fleet.heartbeat_interval_s", T::kInt, "agent heartbeat interval"}, nullptr, &Config::fleet_heartbeat_interval_s},
