@@ -1,5 +1,5 @@
 // End-to-end test of the web console: starts a real dumontd serving web/dist, drives Debian's
-// chromium with playwright-core, and walks sign-up -> machine -> hibernate -> wake -> savings.
+// chromium with playwright-core, and walks sign-up -> machine -> hibernate -> wake -> savings -> market.
 // Usage: node e2e/run.mjs   (env DUMONTD, CHROMIUM, SCREENSHOTS, E2E_KEEP=1 keeps the data dir)
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -223,6 +223,16 @@ async function main() {
       await page.locator('.chart-box canvas').waitFor();
       log('saved', total, 'in', await page.getByTestId('hibernations').textContent(), 'hibernation(s)');
       await shot('savings.png');
+    });
+
+    await step('market lists the local offer', async () => {
+      await page.getByRole('link', { name: 'Market' }).click();
+      await page.getByRole('heading', { name: 'Market', exact: true }).waitFor();
+      const row = page.locator('[data-testid="offer-row"][data-provider="local"][data-offer-id="local-1"]');
+      await row.waitFor();
+      if (!(await row.getByRole('button', { name: 'Deploy local local-1' }).isVisible())) throw new Error('no Deploy button');
+      await page.getByTestId('history-totals').waitFor();
+      await shot('market.png');
     });
 
     await step('settings: create an API key (shown once), revoke it', async () => {

@@ -4,6 +4,7 @@ import { Link, Router, useRouter } from './router.jsx';
 import { ErrorBox, Loading } from './components/ui.jsx';
 import { LoginPage } from './pages/Login.jsx';
 import { MachinesPage } from './pages/Machines.jsx';
+import { MarketPage } from './pages/Market.jsx';
 import { SavingsPage } from './pages/Savings.jsx';
 import { SettingsPage } from './pages/Settings.jsx';
 
@@ -20,6 +21,7 @@ export function App({ api }) {
 const PAGES = {
   '/': MachinesPage,
   '/machines': MachinesPage,
+  '/market': MarketPage,
   '/savings': SavingsPage,
   '/settings': SettingsPage,
 };
@@ -34,7 +36,7 @@ function Shell() {
   }, [auth.status, path]); // eslint-disable-line react-hooks/exhaustive-deps
 
   useEffect(() => {
-    const titles = { '/login': 'Log in', '/savings': 'Savings', '/settings': 'Settings' };
+    const titles = { '/login': 'Log in', '/market': 'Market', '/savings': 'Savings', '/settings': 'Settings' };
     document.title = `${titles[path] || 'Machines'} · Dumont Cloud`;
   }, [path]);
 
@@ -64,6 +66,7 @@ function Shell() {
         <span className="brand">Dumont Cloud</span>
         <nav aria-label="Main">
           <Link to="/">Machines</Link>
+          <Link to="/market">Market</Link>
           <Link to="/savings">Savings</Link>
           <Link to="/settings">Settings</Link>
         </nav>
