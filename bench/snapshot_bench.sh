@@ -27,7 +27,7 @@ SEED="${BENCH_SEED:-1}"
 OUT="${BENCH_OUT:-$ROOT/bench/results/snapshot.json}"
 DUMONT="${DUMONT_BIN:-$ROOT/build/bin/dumont}"
 RESTIC="${RESTIC_BIN:-$(command -v restic || true)}"
-MUTATE_PERCENT=5
+MUTATE_PERCENT=2
 MUTATE_SEED=7
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -183,6 +183,10 @@ for size in $SIZES; do
   timed "$size/restic/backup" "$sd/restic-backup.jsonl" "$RESTIC" --repo "$sd/repo-restic" --json backup "$ws"
   summary "$size/restic/backup" "$sd/restic-backup.jsonl"
 
+  # (a2) unchanged re-backup: nothing changed since the first backup
+  timed "$size/dumont/unchanged" "$sd/dumont-unchanged.jsonl" "$DUMONT" snapshot --repo "$sd/repo-dumont" --json backup "$ws"
+  timed "$size/restic/unchanged" "$sd/restic-unchanged.jsonl" "$RESTIC" --repo "$sd/repo-restic" --json backup "$ws"
+
   # (b) incremental backup after mutating the workspace
   log "mutating $MUTATE_PERCENT % of the files (seed $MUTATE_SEED)"
   "$PY" "$GEN" --mutate "$ws" --percent "$MUTATE_PERCENT" --seed "$MUTATE_SEED" > "$sd/mutate.json"
@@ -237,6 +241,7 @@ for size in os.environ["SIZES"].split():
         cpu = lambda s: round(s["user_s"] + s["sys_s"], 2)
         entry[tool] = {
             "backup_s": b["wall_s"], "backup_cpu_s": cpu(b), "backup_max_rss_kb": b["max_rss_kb"],
+            "unchanged_s": steps[f"{size}/{tool}/unchanged"]["wall_s"],
             "incremental_s": i["wall_s"], "incremental_cpu_s": cpu(i), "incremental_max_rss_kb": i["max_rss_kb"],
             "restore_s": r["wall_s"], "restore_cpu_s": cpu(r), "restore_max_rss_kb": r["max_rss_kb"],
             "repo_bytes": steps[f"{size}/{tool}/repo"]["repo_bytes"],
@@ -250,6 +255,7 @@ for size in os.environ["SIZES"].split():
     d, r = entry["dumont"], entry["restic"]
     entry["ratios"] = {
         "backup_speedup": round(r["backup_s"] / d["backup_s"], 3),
+        "unchanged_speedup": round(r["unchanged_s"] / d["unchanged_s"], 3),
         "incremental_speedup": round(r["incremental_s"] / d["incremental_s"], 3),
         "restore_speedup": round(r["restore_s"] / d["restore_s"], 3),
         "repo_size_ratio": round(d["repo_bytes"] / r["repo_bytes"], 3),
@@ -268,7 +274,8 @@ doc = {
     },
     "method": {
         "generator": "gen_workspace.py --seed %s --jobs 2" % os.environ["SEED"],
-        "incremental": "gen_workspace.py --mutate --percent 5 --seed 7",
+        "unchanged": "a second backup with nothing changed",
+        "incremental": "gen_workspace.py --mutate --percent %s --seed 7" % os.environ.get("MUTATE_PERCENT", "2"),
         "speedup": "restic time / dumont time (>1: dumont faster)",
         "repo_size_ratio": "dumont bytes / restic bytes (<1: dumont smaller), du -sb after both snapshots",
         "restore_MBps": "bytes of the restored (mutated) workspace / restore wall time, 1 MB = 1e6 bytes",
@@ -289,7 +296,8 @@ for e in results:
         ("first backup, s", d["backup_s"], r["backup_s"], q["backup_speedup"]),
         ("first backup CPU (user+sys), s", d["backup_cpu_s"], r["backup_cpu_s"], round(r["backup_cpu_s"] / d["backup_cpu_s"], 2)),
         ("first backup max RSS, MB", round(d["backup_max_rss_kb"] / 1024), round(r["backup_max_rss_kb"] / 1024), round(r["backup_max_rss_kb"] / d["backup_max_rss_kb"], 2)),
-        ("incremental (5 % files), s", d["incremental_s"], r["incremental_s"], q["incremental_speedup"]),
+        ("unchanged re-backup, s", d["unchanged_s"], r["unchanged_s"], q["unchanged_speedup"]),
+        ("incremental (mutate 2 %), s", d["incremental_s"], r["incremental_s"], q["incremental_speedup"]),
         ("restore, s", d["restore_s"], r["restore_s"], q["restore_speedup"]),
         ("restore, MB/s", d["restore_MBps"], r["restore_MBps"], round(d["restore_MBps"] / r["restore_MBps"], 2)),
         ("restore + sync, MB/s", d["restore_incl_sync_MBps"], r["restore_incl_sync_MBps"], round(d["restore_incl_sync_MBps"] / r["restore_incl_sync_MBps"], 2)),
