@@ -207,7 +207,8 @@ function Offers({ api, canMutate }) {
   );
 }
 
-function HostTable({ machines, label, empty }) {
+// Reliability rows: per host (provider + machine_id), or per provider when byProvider is set.
+function HostTable({ machines, label, empty, byProvider = false }) {
   if (!machines.length) return <p className="muted">{empty}</p>;
   return (
     <div className="table-wrap">
@@ -215,7 +216,7 @@ function HostTable({ machines, label, empty }) {
         <thead>
           <tr>
             <th scope="col">Provider</th>
-            <th scope="col">Machine</th>
+            {byProvider ? null : <th scope="col">Machine</th>}
             <th scope="col">Attempts</th>
             <th scope="col">Ready</th>
             <th scope="col">Failed</th>
@@ -225,11 +226,13 @@ function HostTable({ machines, label, empty }) {
         </thead>
         <tbody>
           {machines.map((m) => (
-            <tr key={`${m.provider}/${m.machine_id}`}>
+            <tr key={`${m.provider}/${m.machine_id || ''}`}>
               <td>{m.provider}</td>
-              <td>
-                <code>{m.machine_id}</code>
-              </td>
+              {byProvider ? null : (
+                <td>
+                  <code>{m.machine_id}</code>
+                </td>
+              )}
               <td>{m.attempts}</td>
               <td>{m.ready}</td>
               <td>{m.failed}</td>
@@ -276,36 +279,12 @@ function MachineHistory({ api, isAdmin }) {
             <p className="muted" data-testid="history-totals">
               {d.summary.attempts} provisioning attempt(s), {d.summary.blacklisted} blacklisted host(s).
             </p>
-            {providers.length ? (
-              <div className="table-wrap">
-                <table aria-label="Attempts per provider">
-                  <thead>
-                    <tr>
-                      <th scope="col">Provider</th>
-                      <th scope="col">Attempts</th>
-                      <th scope="col">Ready</th>
-                      <th scope="col">Failed</th>
-                      <th scope="col">Success</th>
-                      <th scope="col">Avg. time to ready</th>
-                    </tr>
-                  </thead>
-                  <tbody>
-                    {providers.map(([name, p]) => (
-                      <tr key={name} data-testid="provider-summary">
-                        <td>{name}</td>
-                        <td>{p.attempts}</td>
-                        <td>{p.ready}</td>
-                        <td>{p.failed}</td>
-                        <td>{pct(p.success_rate)}</td>
-                        <td>{p.ready ? duration(p.avg_time_to_ready_s) : '—'}</td>
-                      </tr>
-                    ))}
-                  </tbody>
-                </table>
-              </div>
-            ) : (
-              <p className="muted">No provisioning attempts yet.</p>
-            )}
+            <HostTable
+              machines={providers.map(([name, p]) => ({ provider: name, ...p }))}
+              label="Attempts per provider"
+              empty="No provisioning attempts yet."
+              byProvider
+            />
             <h3>Reliable hosts</h3>
             <HostTable machines={d.reliable} label="Reliable hosts" empty="No host has 3+ attempts at 80 % success yet." />
             <h3>Problematic hosts</h3>
