@@ -75,7 +75,7 @@ Fleet::~Fleet() { Stop(); }
 
 void Fleet::AddProvider(std::unique_ptr<provider::Provider> p) {
   std::string name = p->Name();
-  providers_[name] = std::move(p);
+  providers_[name] = std::shared_ptr<provider::Provider>(std::move(p));
 }
 
 provider::Provider* Fleet::FindProvider(const std::string& name) {
@@ -162,20 +162,28 @@ json Fleet::InstanceJson(const Instance& i) {
 // ---- user operations
 
 Result<Instance> Fleet::Create(const std::string& owner, const json& req) {
+  return CreateInstance(owner, req, nullptr);
+}
+
+Result<Instance> Fleet::CreateInstance(const std::string& owner, const json& req, store::Deploy* first_deploy) {
   Instance i;
   i.name = req.value("name", "");
   DUMONT_RETURN_IF_ERROR(ValidateName(i.name));
   i.provider = req.value("provider", "local");
-  auto* p = FindProvider(i.provider);
-  if (!p) {
-    std::string names;
-    for (const auto& [n, _] : providers_) names += (names.empty() ? "" : ", ") + n;
-    return Err(Status::InvalidField("provider", "unknown provider '" + i.provider + "'; available: " + names));
-  }
+  auto p = ProviderFor(owner, i.provider);
+  if (!p) return Err(p.error());
   i.offer_id = req.value("offer_id", "");
   i.gpu = req.value("gpu", "");
   i.image = req.value("image", "");
   if (req.contains("hibernation")) DUMONT_RETURN_IF_ERROR(ApplyHibernation(req["hibernation"], &i));
+  json dj = json::object();
+  for (const char* k : {"requirements", "strategy", "offer_id"}) {
+    if (req.contains(k)) dj[k] = req[k];
+  }
+  auto dr = ParseDeployRequest(dj);
+  if (!dr) return Err(dr.error());
+  if (dr->req.gpu.empty()) dr->req.gpu = i.gpu;
+  i.deploy_json = dr->ToJson().dump();
   i.id = NewId("ins_");
   i.owner = owner;
   i.desired = "running";
@@ -184,6 +192,9 @@ Result<Instance> Fleet::Create(const std::string& owner, const json& req) {
   i.created_at = i.updated_at = i.state_since = clock_.NowUnix();
   DUMONT_RETURN_IF_ERROR(store_.CreateInstance(i));
   DUMONT_RETURN_IF_ERROR(Record(i, "created", "on provider " + i.provider));
+  auto d = NewDeployRow(i, "create");
+  if (!d) return Err(d.error());
+  if (first_deploy) *first_deploy = *d;
   queue_.Add(i.id);
   return i;
 }
@@ -232,11 +243,20 @@ Result<Instance> Fleet::Action(const std::string& owner, const std::string& id, 
     return Err(Status::Conflict("cannot " + action + " instance " + id + ": it is " + i->state + what));
   };
   if (i->desired == "destroyed") return conflict(" (being destroyed)");
+  if (action == "retry") {
+    if (i->state != "error") return conflict("; only an instance in error can be retried");
+    // A retry repeats the failed request as it was (the same pinned offer, if any).
+    auto d = NewDeployRow(*i, i->last_snapshot.empty() ? "retry" : "wake");
+    if (!d) return Err(d.error());
+    DUMONT_RETURN_IF_ERROR(SetState(*i, i->last_snapshot.empty() ? "provisioning" : "waking",
+                                    "retry requested (deploy " + d->id + ")"));
+    return i;
+  }
   if (action == "pause") {
-    auto* p = FindProvider(i->provider);
-    if (!p || !p->Capabilities()["stop"].supported) {
+    auto p = ProviderFor(i->owner, i->provider);
+    if (!p || !(*p)->Capabilities()["stop"].supported) {
       return Err(Status::Conflict("provider " + i->provider + " cannot stop machines: " +
-                                  (p ? p->Capabilities()["stop"].reason : "unknown provider")));
+                                  (p ? (*p)->Capabilities()["stop"].reason : p.error().message())));
     }
     if (i->state != "running") return conflict("; only a running instance can be paused");
     i->desired = "paused";
@@ -304,11 +324,11 @@ Result<std::vector<store::Event>> Fleet::Events(const std::string& owner, const 
 Status Fleet::SetVirtualGpu(const std::string& owner, const std::string& id, double util) {
   auto i = store_.GetInstanceOwned(id, owner);
   if (!i) return i.error();
-  auto* p = FindProvider(i->provider);
-  if (!p || !p->Capabilities()["virtual_gpu"].supported) {
+  auto p = ProviderFor(i->owner, i->provider);
+  if (!p || !(*p)->Capabilities()["virtual_gpu"].supported) {
     return Status::Conflict("instance " + id + " runs on provider " + i->provider +
                             ", which has real GPUs or none to simulate: " +
-                            (p ? p->Capabilities()["virtual_gpu"].reason : ""));
+                            (p ? (*p)->Capabilities()["virtual_gpu"].reason : p.error().message()));
   }
   if (util < 0 || util > 100) return Status::InvalidField("util", "util must be a number from 0 to 100");
   json machine = json::parse(i->machine_json, nullptr, false);
@@ -412,6 +432,13 @@ Result<json> Fleet::Heartbeat(const std::string& agent_token, const json& body) 
   std::lock_guard lock(LockFor(tok->instance_id));
   auto i = store_.GetInstance(tok->instance_id);
   if (!i) return Err(i.error());
+  if (i->machine_id.empty() && (i->state == "provisioning" || i->state == "waking") &&
+      NoteDeployBeat(i->id, tok->attempt)) {
+    // A machine of a running multi-start deploy: its first heartbeat makes it reachable. It gets no
+    // commands until (unless) it wins.
+    queue_.Add(i->id);
+    return json{{"commands", json::array()}, {"heartbeat_interval_s", opts_.heartbeat_interval_s}, {"next_heartbeat_s", 1}};
+  }
   if (tok->attempt != i->attempt) {
     return Err(Status::PermissionDenied("this agent belongs to a replaced machine (attempt " +
                                         std::to_string(tok->attempt) + ", current " + std::to_string(i->attempt) + ")"));
@@ -497,34 +524,6 @@ std::optional<Telemetry> Fleet::TelemetryOf(const std::string& id) {
 
 // ---- controller
 
-Status Fleet::EnsureMachine(Instance& i, provider::Provider& p) {
-  if (!i.machine_id.empty()) return Status::Ok();
-  ++i.attempt;
-  // The attempt (hence the label) and the enrollment token are durable before the create call, so a
-  // crash in between is repaired by adopting the machine found under the label.
-  DUMONT_RETURN_STATUS_IF_ERROR(SaveStatus(i));
-  std::string token = "det_" + Base64UrlEncode(RandomBytes(32));
-  int64_t now = clock_.NowUnix();
-  DUMONT_RETURN_STATUS_IF_ERROR(store_.CreateAgentToken(
-      {auth::Sha256Hex(token), i.id, "enroll", i.attempt, now, now + 86400, std::nullopt, std::nullopt}));
-  provider::MachineSpec spec;
-  spec.label = provider::MachineLabel(i.id, i.attempt);
-  spec.offer_id = i.offer_id;
-  spec.image = i.image;
-  spec.env = {{"DUMONT_AGENT_SERVER", opts_.public_url},
-              {"DUMONT_AGENT_ENROLL_TOKEN", token},
-              {"DUMONT_AGENT_INSTANCE", i.id}};
-  auto m = p.Create(spec);
-  if (!m) return m.error().Annotate("creating machine " + spec.label);
-  i.machine_id = m->id;
-  i.price_per_hour = m->price_per_hour;
-  i.machine_json = m->details.dump();
-  DUMONT_RETURN_STATUS_IF_ERROR(SaveStatus(i));
-  DUMONT_RETURN_STATUS_IF_ERROR(store_.AddAttempt({NewId("att_"), i.owner, i.id, p.Name(), m->offer_id, m->offer_id,
-                                                   m->id, now, std::nullopt, std::nullopt, "pending", ""}));
-  return Record(i, "machine_created", m->id + " on " + p.Name());
-}
-
 Status Fleet::Reconcile(const std::string& id) {
   std::lock_guard lock(LockFor(id));
   auto i = store_.GetInstance(id);
@@ -535,11 +534,17 @@ Status Fleet::Reconcile(const std::string& id) {
 Status Fleet::ReconcileLocked(Instance& i) {
   int64_t now_s = clock_.NowUnix();
   int64_t now_ms = clock_.NowUnixMillis();
-  auto* p = FindProvider(i.provider);
-  if (!p) {
-    if (i.state != "error") return SetState(i, "error", "unknown provider " + i.provider);
+  auto pp = ProviderFor(i.owner, i.provider);
+  if (!pp) {
+    if (pp.error().code() == Code::kUnavailable) return pp.error();  // the database: retried
+    if (i.desired == "destroyed" && i.machine_id.empty()) {
+      (void)CancelDeploy(i, "instance destroyed");
+      return i.state == "destroyed" ? Status::Ok() : SetState(i, "destroyed", "");
+    }
+    if (i.state != "error") return SetState(i, "error", pp.error().message());
     return Status::Ok();
   }
+  provider::Provider* p = pp->get();
   auto heard_since_state = [&]() {
     auto t = TelemetryOf(i.id);
     return t && t->last_heartbeat_ms >= i.state_since * 1000;
@@ -549,6 +554,7 @@ Status Fleet::ReconcileLocked(Instance& i) {
   if (i.desired == "destroyed") {
     if (i.state == "destroyed") return Status::Ok();
     if (i.state != "destroying") DUMONT_RETURN_STATUS_IF_ERROR(SetState(i, "destroying", ""));
+    DUMONT_RETURN_STATUS_IF_ERROR(CancelDeploy(i, "instance destroyed"));
     if (!i.machine_id.empty()) DUMONT_RETURN_STATUS_IF_ERROR(p->Destroy(i.machine_id));
     DUMONT_RETURN_STATUS_IF_ERROR(store_.RevokeAgentTokens(i.id, now_s));
     ForgetTokens(i.id);
@@ -564,7 +570,10 @@ Status Fleet::ReconcileLocked(Instance& i) {
   }
 
   if (i.state == "provisioning" || i.state == "waking") {
-    DUMONT_RETURN_STATUS_IF_ERROR(EnsureMachine(i, *p));
+    if (i.machine_id.empty()) {
+      DUMONT_RETURN_STATUS_IF_ERROR(DeployStep(i, *pp));
+      if (i.machine_id.empty()) return Status::Ok();  // still deploying (or failed: state error)
+    }
     auto m = p->Get(i.machine_id);
     if (!m || m->state == provider::MachineState::kFailed || m->state == provider::MachineState::kTerminated) {
       DUMONT_RETURN_STATUS_IF_ERROR(Record(i, "machine_lost", i.machine_id + " is gone or failed; starting another"));
@@ -711,7 +720,21 @@ Status Fleet::ReconcileLocked(Instance& i) {
 }
 
 void Fleet::SweepOrphans() {
-  for (auto& [name, p] : providers_) {
+  // Server-wide providers, then each user's own (their machines can only belong to their instances).
+  struct Account {
+    std::string name, owner;  // owner empty: server-wide
+    std::shared_ptr<provider::Provider> p;
+  };
+  std::vector<Account> accounts;
+  for (auto& [name, p] : providers_) accounts.push_back({name, "", p});
+  if (auto creds = store_.ListAllCredentials()) {
+    for (const auto& c : *creds) {
+      auto p = ProviderFor(c.owner, c.provider);
+      if (p) accounts.push_back({c.provider, c.owner, *p});
+      else if (log_) log_->Warn("cannot check a user's machines", {{"provider", c.provider}, {"error", p.error().message()}});
+    }
+  }
+  for (auto& [name, owner, p] : accounts) {
     auto machines = p->ListByLabelPrefix("dc-");
     if (!machines) continue;
     for (const auto& m : *machines) {
@@ -720,9 +743,14 @@ void Fleet::SweepOrphans() {
       std::string id = m.label.substr(3, dash - 3);
       int64_t attempt = std::atoll(m.label.c_str() + dash + 1);
       std::lock_guard lock(LockFor(id));
+      {
+        std::lock_guard dl(deploys_mu_);
+        if (active_.count(id)) continue;  // a running deploy owns every machine of its instance
+      }
       if (!p->Get(m.id)) continue;  // removed meanwhile (e.g. by a hibernation that held the lock)
       auto i = store_.GetInstance(id);
-      bool known = i && i->provider == name && i->state != "destroyed" && i->state != "hibernated";
+      bool known = i && i->provider == name && (owner.empty() || i->owner == owner) && i->state != "destroyed" &&
+                   i->state != "hibernated";
       if (known && i->machine_id == m.id) continue;
       if (known && i->machine_id.empty() && attempt == i->attempt) {
         i->machine_id = m.id;
@@ -743,7 +771,19 @@ void Fleet::Start() {
   SweepOrphans();
   auto live = store_.ListLiveInstanceIds();
   if (live) {
-    for (const auto& id : *live) queue_.Add(id);
+    for (const auto& id : *live) {
+      // No deploy runs before Start: a "running" one was cut short by the previous process.
+      if (auto open = store_.OpenDeployOf(id); open && *open && (*open)->state == "running") {
+        auto d = **open;
+        d.state = "failed";
+        d.message = "interrupted: dumontd restarted during this deploy; its machines were adopted or destroyed";
+        d.finished_ms = clock_.NowUnixMillis();
+        if (store_.UpdateDeploy(d).ok()) {
+          (void)store_.AddDeployEvent(d.id, *d.finished_ms, "deploy_failed", json{{"reason", d.message}}.dump());
+        }
+      }
+      queue_.Add(id);
+    }
   }
   for (int w = 0; w < std::max(1, opts_.workers); ++w) threads_.emplace_back([this] { WorkerLoop(); });
   threads_.emplace_back([this] { ResyncLoop(); });

@@ -52,6 +52,7 @@ struct Server::Impl {
   asio::awaitable<void> Session(tcp::socket socket);
   asio::awaitable<void> WriteError(beast::tcp_stream& stream, int status, std::string code,
                                    std::string message);
+  asio::awaitable<void> WriteStream(beast::tcp_stream& stream, Response& resp, const Request& req, unsigned version);
 };
 
 namespace {
@@ -85,6 +86,46 @@ asio::awaitable<void> Server::Impl::WriteError(beast::tcp_stream& stream, int st
   res.prepare_payload();
   stream.expires_after(std::chrono::seconds(5));
   co_await bhttp::async_write(stream, res, asio::as_tuple(asio::use_awaitable));
+}
+
+asio::awaitable<void> Server::Impl::WriteStream(beast::tcp_stream& stream, Response& resp, const Request& req,
+                                                unsigned version) {
+  bhttp::response<bhttp::empty_body> head{static_cast<bhttp::status>(resp.status), version};
+  head.set(bhttp::field::server, "dumontd");
+  head.set(bhttp::field::content_type, resp.content_type);
+  head.set(bhttp::field::cache_control, "no-store");
+  head.set("X-Request-Id", req.request_id);
+  for (const auto& [k, v] : resp.headers.items) head.set(k, v);
+  head.keep_alive(false);
+  head.chunked(true);
+  bhttp::response_serializer<bhttp::empty_body> sr{head};
+  stream.expires_after(std::chrono::seconds(30));
+  auto [hec, hbytes] = co_await bhttp::async_write_header(stream, sr, asio::as_tuple(asio::use_awaitable));
+  if (hec) co_return;
+  asio::steady_timer timer(stream.get_executor());
+  std::string chunk;
+  for (;;) {
+    chunk.clear();
+    bool more = false;
+    try {
+      more = resp.stream->next(&chunk) && !stopping;
+    } catch (const std::exception& e) {
+      logger->Error("stream exception", {{"request_id", req.request_id}, {"error", e.what()}});
+    }
+    if (!chunk.empty()) {
+      stream.expires_after(std::chrono::seconds(30));
+      auto [wec, wn] = co_await asio::async_write(stream, bhttp::make_chunk(asio::buffer(chunk)),
+                                                  asio::as_tuple(asio::use_awaitable));
+      if (wec) co_return;  // the client went away
+    }
+    if (!more) break;
+    if (chunk.empty()) {
+      timer.expires_after(resp.stream->poll_interval);
+      co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+  }
+  stream.expires_after(std::chrono::seconds(5));
+  co_await asio::async_write(stream, bhttp::make_chunk_last(), asio::as_tuple(asio::use_awaitable));
 }
 
 asio::awaitable<void> Server::Impl::Session(tcp::socket socket) {
@@ -158,6 +199,10 @@ asio::awaitable<void> Server::Impl::Session(tcp::socket socket) {
                                {"ms", dur}, {"client", client}});
     }
 
+    if (resp.stream && req.method != "HEAD") {
+      co_await WriteStream(stream, resp, req, breq.version());
+      break;
+    }
     bool keep_alive = breq.keep_alive() && n + 1 < opts.max_requests_per_connection && !stopping;
     bhttp::response<bhttp::string_body> bres{static_cast<bhttp::status>(resp.status), breq.version()};
     bres.set(bhttp::field::server, "dumontd");

@@ -2,8 +2,11 @@
 // codebase (router, API handlers, tests) works on these.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -31,11 +34,21 @@ struct Request {
   std::string request_id;
 };
 
+// A streamed body (server-sent events). The server sends the headers with chunked transfer encoding,
+// then calls next() until it returns false, sending what it appended to *out as one chunk. When next()
+// appends nothing, the server waits poll_interval on a timer (no thread is held) before calling again.
+// The stream also ends when the client goes away or the server stops; the connection then closes.
+struct BodyStream {
+  std::function<bool(std::string* out)> next;
+  std::chrono::milliseconds poll_interval{250};
+};
+
 struct Response {
   int status = 200;
   std::string content_type = "application/json";
   Headers headers;
   std::string body;
+  std::shared_ptr<BodyStream> stream;  // set: body is ignored and the response is streamed
 
   static Response Json(int status, std::string body) {
     Response r;

@@ -135,6 +135,44 @@ CREATE TABLE blacklist (
   PRIMARY KEY (provider, host_id)
 )
 )SQL"},
+      {4, "multi-start deploys, deploy events, provider credentials, instance deploy spec", R"SQL(
+ALTER TABLE instances ADD COLUMN deploy_json TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE deploys (
+  id TEXT PRIMARY KEY,
+  owner TEXT NOT NULL,
+  instance_id TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  provider TEXT NOT NULL,
+  request_json TEXT NOT NULL,
+  state TEXT NOT NULL,
+  message TEXT NOT NULL,
+  winner_machine_id TEXT NOT NULL,
+  loser_cost_usd DOUBLE PRECISION NOT NULL,
+  total_cost_usd DOUBLE PRECISION NOT NULL,
+  machines_json TEXT NOT NULL,
+  created_ms BIGINT NOT NULL,
+  finished_ms BIGINT
+);
+CREATE INDEX deploys_owner ON deploys(owner, created_ms);
+CREATE INDEX deploys_instance ON deploys(instance_id, created_ms);
+CREATE TABLE deploy_events (
+  deploy_id TEXT NOT NULL,
+  seq BIGINT NOT NULL,
+  time_ms BIGINT NOT NULL,
+  type TEXT NOT NULL,
+  data_json TEXT NOT NULL,
+  PRIMARY KEY (deploy_id, seq)
+);
+CREATE INDEX machine_attempts_machine ON machine_attempts(provider, machine_id);
+CREATE TABLE provider_credentials (
+  owner TEXT NOT NULL,
+  provider TEXT NOT NULL,
+  sealed TEXT NOT NULL,
+  hint TEXT NOT NULL,
+  updated_at BIGINT NOT NULL,
+  PRIMARY KEY (owner, provider)
+)
+)SQL"},
   };
   return kMigrations;
 }

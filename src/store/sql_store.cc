@@ -36,7 +36,7 @@ ApiKey ToKey(const Row& r) {
 constexpr const char* kInstanceCols =
     "id, owner, name, provider, offer_id, gpu, image, desired, hib_enabled, gpu_threshold_pct, idle_seconds, "
     "release_after_seconds, state, machine_id, attempt, price_per_hour, machine_json, command_json, last_snapshot, "
-    "repo_password, message, state_since, last_heartbeat, released, created_at, updated_at";
+    "repo_password, message, state_since, last_heartbeat, released, created_at, updated_at, deploy_json";
 Instance ToInstance(const Row& r) {
   Instance i;
   i.id = r.Str(0);
@@ -65,6 +65,7 @@ Instance ToInstance(const Row& r) {
   i.released = r.Int(23) != 0;
   i.created_at = r.Int(24);
   i.updated_at = r.Int(25);
+  i.deploy_json = r.Str(26);
   return i;
 }
 constexpr const char* kEventCols = "id, instance_id, owner, time_ms, type, message";
@@ -85,6 +86,15 @@ MachineAttempt ToAttempt(const Row& r) {
   return MachineAttempt{r.Str(0), r.Str(1), r.Str(2), r.Str(3), r.Str(4), r.Str(5), r.Str(6),
                         r.Int(7), OptInt(r, 8), OptInt(r, 9), r.Str(10), r.Str(11)};
 }
+constexpr const char* kDeployCols =
+    "id, owner, instance_id, reason, provider, request_json, state, message, winner_machine_id, loser_cost_usd, "
+    "total_cost_usd, machines_json, created_ms, finished_ms";
+Deploy ToDeploy(const Row& r) {
+  return Deploy{r.Str(0),  r.Str(1),  r.Str(2),  r.Str(3),  r.Str(4),  r.Str(5),  r.Str(6),
+                r.Str(7),  r.Str(8),  r.Real(9), r.Real(10), r.Str(11), r.Int(12), OptInt(r, 13)};
+}
+constexpr const char* kCredCols = "owner, provider, sealed, hint, updated_at";
+ProviderCredential ToCred(const Row& r) { return ProviderCredential{r.Str(0), r.Str(1), r.Str(2), r.Str(3), r.Int(4)}; }
 constexpr const char* kBlacklistCols = "provider, host_id, reason, automatic, created_at";
 BlacklistEntry ToBlacklist(const Row& r) { return BlacklistEntry{r.Str(0), r.Str(1), r.Str(2), r.Int(3) != 0, r.Int(4)}; }
 
@@ -237,12 +247,12 @@ class SqlStore final : public Store {
 
   Status CreateInstance(const Instance& i) override {
     auto r = db_->Exec(std::string("INSERT INTO instances (") + kInstanceCols +
-                           ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        {i.id, i.owner, i.name, i.provider, i.offer_id, i.gpu, i.image, i.desired,
                         int64_t{i.hib_enabled}, i.gpu_threshold_pct, i.idle_seconds, i.release_after_seconds, i.state,
                         i.machine_id, i.attempt, i.price_per_hour, i.machine_json, i.command_json, i.last_snapshot,
                         i.repo_password, i.message, i.state_since, i.last_heartbeat, int64_t{i.released},
-                        i.created_at, i.updated_at});
+                        i.created_at, i.updated_at, i.deploy_json});
     return r ? Status::Ok() : r.error();
   }
   Result<Instance> GetInstance(const std::string& id) override {
@@ -269,9 +279,9 @@ class SqlStore final : public Store {
   }
   Status UpdateInstanceSpec(const Instance& i) override {
     return ExpectOne(db_->Exec("UPDATE instances SET name = ?, desired = ?, hib_enabled = ?, gpu_threshold_pct = ?, "
-                               "idle_seconds = ?, release_after_seconds = ?, updated_at = ? WHERE id = ?",
+                               "idle_seconds = ?, release_after_seconds = ?, deploy_json = ?, updated_at = ? WHERE id = ?",
                                {i.name, i.desired, int64_t{i.hib_enabled}, i.gpu_threshold_pct, i.idle_seconds,
-                                i.release_after_seconds, i.updated_at, i.id}),
+                                i.release_after_seconds, i.deploy_json, i.updated_at, i.id}),
                      "instance " + i.id + " not found");
   }
   Status UpdateInstanceStatus(const Instance& i) override {
@@ -383,6 +393,107 @@ class SqlStore final : public Store {
       return u ? Status::Ok() : u.error();
     });
   }
+  Status FinishMachineAttempt(const std::string& provider, const std::string& machine_id, const std::string& outcome,
+                              const std::string& reason, int64_t now) override {
+    auto u = outcome == "ready"
+                 ? db_->Exec("UPDATE machine_attempts SET outcome = ?, ready_at = ? "
+                             "WHERE provider = ? AND machine_id = ? AND outcome = 'pending'",
+                             {outcome, now, provider, machine_id})
+                 : db_->Exec("UPDATE machine_attempts SET outcome = ?, ended_at = ?, failure_reason = ? "
+                             "WHERE provider = ? AND machine_id = ? AND outcome = 'pending'",
+                             {outcome, now, reason, provider, machine_id});
+    return u ? Status::Ok() : u.error();
+  }
+
+  Status CreateDeploy(const Deploy& d) override {
+    auto r = db_->Exec(std::string("INSERT INTO deploys (") + kDeployCols +
+                           ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       {d.id, d.owner, d.instance_id, d.reason, d.provider, d.request_json, d.state, d.message,
+                        d.winner_machine_id, d.loser_cost_usd, d.total_cost_usd, d.machines_json, d.created_ms,
+                        Opt(d.finished_ms)});
+    return r ? Status::Ok() : r.error();
+  }
+  Status UpdateDeploy(const Deploy& d) override {
+    return ExpectOne(db_->Exec("UPDATE deploys SET state = ?, message = ?, winner_machine_id = ?, loser_cost_usd = ?, "
+                               "total_cost_usd = ?, machines_json = ?, finished_ms = ? WHERE id = ?",
+                               {d.state, d.message, d.winner_machine_id, d.loser_cost_usd, d.total_cost_usd,
+                                d.machines_json, Opt(d.finished_ms), d.id}),
+                     "deploy " + d.id + " not found");
+  }
+  Result<Deploy> GetDeploy(const std::string& id) override {
+    return One<Deploy>(std::string("SELECT ") + kDeployCols + " FROM deploys WHERE id = ?", {id}, ToDeploy,
+                       "deploy " + id + " not found");
+  }
+  Result<Deploy> GetDeployOwned(const std::string& id, const std::string& owner) override {
+    return One<Deploy>(std::string("SELECT ") + kDeployCols + " FROM deploys WHERE id = ? AND owner = ?", {id, owner},
+                       ToDeploy, "deploy " + id + " not found");
+  }
+  Result<std::vector<Deploy>> ListDeploys(const std::string& owner, int limit) override {
+    return Many<Deploy>(std::string("SELECT ") + kDeployCols +
+                            " FROM deploys WHERE owner = ? ORDER BY created_ms DESC, id DESC LIMIT ?",
+                        {owner, int64_t{limit}}, ToDeploy);
+  }
+  Result<std::optional<Deploy>> OpenDeployOf(const std::string& instance_id) override {
+    auto rows = Many<Deploy>(std::string("SELECT ") + kDeployCols +
+                                 " FROM deploys WHERE instance_id = ? AND state IN ('pending', 'running') "
+                                 "ORDER BY created_ms DESC, id DESC LIMIT 1",
+                             {instance_id}, ToDeploy);
+    if (!rows) return Err(rows.error());
+    if (rows->empty()) return std::optional<Deploy>();
+    return std::optional<Deploy>(rows->front());
+  }
+  Result<int64_t> AddDeployEvent(const std::string& deploy_id, int64_t time_ms, const std::string& type,
+                                 const std::string& data_json) override {
+    int64_t seq = 0;
+    auto st = db_->Transaction([&](Conn& c) -> Status {
+      auto rows = c.Query("SELECT COALESCE(MAX(seq), 0) FROM deploy_events WHERE deploy_id = ?", {deploy_id});
+      if (!rows) return rows.error();
+      seq = rows->front().Int(0) + 1;
+      auto r = c.Exec("INSERT INTO deploy_events (deploy_id, seq, time_ms, type, data_json) VALUES (?, ?, ?, ?, ?)",
+                      {deploy_id, seq, time_ms, type, data_json});
+      return r ? Status::Ok() : r.error();
+    });
+    if (!st.ok()) return Err(st);
+    return seq;
+  }
+  Result<std::vector<DeployEvent>> ListDeployEvents(const std::string& deploy_id, int64_t after_seq,
+                                                    int limit) override {
+    return Many<DeployEvent>(
+        "SELECT deploy_id, seq, time_ms, type, data_json FROM deploy_events WHERE deploy_id = ? AND seq > ? "
+        "ORDER BY seq LIMIT ?",
+        {deploy_id, after_seq, int64_t{limit}},
+        [](const Row& r) { return DeployEvent{r.Str(0), r.Int(1), r.Int(2), r.Str(3), r.Str(4)}; });
+  }
+
+  Status PutCredential(const ProviderCredential& cr) override {
+    return db_->Transaction([&](Conn& c) -> Status {
+      auto d = c.Exec("DELETE FROM provider_credentials WHERE owner = ? AND provider = ?", {cr.owner, cr.provider});
+      if (!d) return d.error();
+      auto r = c.Exec(std::string("INSERT INTO provider_credentials (") + kCredCols + ") VALUES (?, ?, ?, ?, ?)",
+                      {cr.owner, cr.provider, cr.sealed, cr.hint, cr.updated_at});
+      return r ? Status::Ok() : r.error();
+    });
+  }
+  Result<ProviderCredential> GetCredential(const std::string& owner, const std::string& provider) override {
+    return One<ProviderCredential>(std::string("SELECT ") + kCredCols +
+                                       " FROM provider_credentials WHERE owner = ? AND provider = ?",
+                                   {owner, provider}, ToCred, "no " + provider + " credentials saved");
+  }
+  Result<std::vector<ProviderCredential>> ListCredentials(const std::string& owner) override {
+    return Many<ProviderCredential>(std::string("SELECT ") + kCredCols +
+                                        " FROM provider_credentials WHERE owner = ? ORDER BY provider",
+                                    {owner}, ToCred);
+  }
+  Result<std::vector<ProviderCredential>> ListAllCredentials() override {
+    return Many<ProviderCredential>(std::string("SELECT ") + kCredCols +
+                                        " FROM provider_credentials ORDER BY owner, provider",
+                                    {}, ToCred);
+  }
+  Status DeleteCredential(const std::string& owner, const std::string& provider) override {
+    return ExpectOne(db_->Exec("DELETE FROM provider_credentials WHERE owner = ? AND provider = ?", {owner, provider}),
+                     "no " + provider + " credentials saved");
+  }
+
   Result<std::vector<MachineAttempt>> ListAttempts(const std::string& provider, const std::string& host_id) override {
     return Many<MachineAttempt>(std::string("SELECT ") + kAttemptCols +
                                     " FROM machine_attempts WHERE provider = ? AND host_id = ? ORDER BY started_at, id",

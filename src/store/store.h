@@ -81,6 +81,8 @@ struct Instance {
   int64_t last_heartbeat = 0;
   bool released = false;
   int64_t created_at = 0, updated_at = 0;
+  // spec: how machines are found for it (multi-start requirements and strategy, JSON; "{}" = defaults)
+  std::string deploy_json = "{}";
 };
 
 struct Event {
@@ -111,6 +113,39 @@ struct MachineAttempt {
   std::optional<int64_t> ready_at, ended_at;
   std::string outcome = "pending";  // pending | ready | failed
   std::string failure_reason;
+};
+
+// A multi-start deploy: the machines started for one instance's create, wake or replacement.
+struct Deploy {
+  std::string id, owner, instance_id;
+  std::string reason;    // create | wake | replace
+  std::string provider;
+  std::string request_json = "{}";  // requirements + strategy
+  std::string state = "pending";    // pending | running | succeeded | failed
+  std::string message;
+  std::string winner_machine_id;
+  double loser_cost_usd = 0, total_cost_usd = 0;
+  std::string machines_json = "[]";  // one entry per machine started (label, offer, outcome, cost)
+  int64_t created_ms = 0;
+  std::optional<int64_t> finished_ms;
+};
+
+// One progress event of a deploy; seq counts from 1 per deploy (SSE event ids).
+struct DeployEvent {
+  std::string deploy_id;
+  int64_t seq = 0;
+  int64_t time_ms = 0;
+  std::string type;
+  std::string data_json = "{}";
+};
+
+// A user's credentials for one provider, sealed (encrypted and authenticated) by the server's key;
+// the store never sees the plaintext.
+struct ProviderCredential {
+  std::string owner, provider;
+  std::string sealed;  // base64url of nonce || ciphertext
+  std::string hint;    // e.g. "...a1b2", safe to show
+  int64_t updated_at = 0;
 };
 
 struct BlacklistEntry {
@@ -192,6 +227,30 @@ class Store {
   virtual Status AddBlacklist(const BlacklistEntry& e) = 0;  // replaces an existing entry
   virtual Status RemoveBlacklist(const std::string& provider, const std::string& host_id) = 0;  // NotFound
   virtual Result<std::vector<BlacklistEntry>> ListBlacklist() = 0;
+
+  // Multi-start deploys and their progress events
+  virtual Status CreateDeploy(const Deploy& d) = 0;
+  virtual Status UpdateDeploy(const Deploy& d) = 0;  // state, message, winner, costs, machines, finished
+  virtual Result<Deploy> GetDeploy(const std::string& id) = 0;
+  virtual Result<Deploy> GetDeployOwned(const std::string& id, const std::string& owner) = 0;
+  virtual Result<std::vector<Deploy>> ListDeploys(const std::string& owner, int limit) = 0;  // newest first
+  // The newest deploy of an instance that is pending or running; nullopt when none.
+  virtual Result<std::optional<Deploy>> OpenDeployOf(const std::string& instance_id) = 0;
+  // Appends an event with the next seq of its deploy and returns that seq.
+  virtual Result<int64_t> AddDeployEvent(const std::string& deploy_id, int64_t time_ms, const std::string& type,
+                                         const std::string& data_json) = 0;
+  virtual Result<std::vector<DeployEvent>> ListDeployEvents(const std::string& deploy_id, int64_t after_seq,
+                                                            int limit) = 0;
+  // Marks one machine's attempt ready / failed / cancelled (no-op when it is not pending).
+  virtual Status FinishMachineAttempt(const std::string& provider, const std::string& machine_id,
+                                      const std::string& outcome, const std::string& reason, int64_t now) = 0;
+
+  // Provider credentials (sealed)
+  virtual Status PutCredential(const ProviderCredential& c) = 0;  // insert or replace
+  virtual Result<ProviderCredential> GetCredential(const std::string& owner, const std::string& provider) = 0;
+  virtual Result<std::vector<ProviderCredential>> ListCredentials(const std::string& owner) = 0;
+  virtual Result<std::vector<ProviderCredential>> ListAllCredentials() = 0;
+  virtual Status DeleteCredential(const std::string& owner, const std::string& provider) = 0;  // NotFound
 
   // Small key/value facts about the installation.
   virtual Result<std::optional<std::string>> GetMeta(const std::string& key) = 0;

@@ -80,11 +80,22 @@ class FleetTest : public ::testing::Test {
     fleet_->AddProvider(provider::NewSimProvider(so, clock_));
   }
   store::Instance Load(const std::string& id) { return *store_->GetInstance(id); }
-  // Plays the agent of the instance's current machine: enrolls with the token the machine got at boot.
-  std::string EnrollAgent(const std::string& id) {
+  // The live machines of an instance (its current machine, or those its deploy started).
+  std::vector<provider::Machine> MachinesOf(const std::string& id, const std::string& prov = "sim") {
+    auto ms = fleet_->FindProvider(prov)->ListByLabelPrefix("dc-" + id + "-");
+    EXPECT_TRUE(ms);
+    return ms ? *ms : std::vector<provider::Machine>{};
+  }
+  // Plays the agent of one machine of the instance (its current one, else the deploy's newest):
+  // enrolls with the token the machine got at boot.
+  std::string EnrollAgent(const std::string& id, const std::string& prov = "sim") {
     auto i = Load(id);
-    auto m = fleet_->FindProvider("sim")->Get(i.machine_id);
+    std::optional<provider::Machine> m;
+    for (const auto& x : MachinesOf(id, prov)) {
+      if (i.machine_id.empty() ? (!m || x.label > m->label) : x.id == i.machine_id) m = x;
+    }
     EXPECT_TRUE(m);
+    if (!m) return "";
     std::string token = m->details["env"]["DUMONT_AGENT_ENROLL_TOKEN"];
     auto r = fleet_->Enroll(token);
     EXPECT_TRUE(r) << r.error().ToString();
@@ -97,6 +108,19 @@ class FleetTest : public ::testing::Test {
     auto r = fleet_->Heartbeat(token, body);
     EXPECT_TRUE(r) << r.error().ToString();
     return r ? *r : json();
+  }
+  // Runs the instance's deploy until one machine wins: its agent's first heartbeat makes it reachable.
+  // Returns that agent's token.
+  std::string BringUp(const std::string& id) {
+    EXPECT_TRUE(fleet_->Reconcile(id).ok());
+    EXPECT_TRUE(Load(id).machine_id.empty()) << "no machine is the instance's before one is reachable";
+    std::string agent = EnrollAgent(id);
+    json r = Beat(agent, id, 0);
+    EXPECT_TRUE(r["commands"].empty());
+    EXPECT_TRUE(fleet_->Reconcile(id).ok());
+    EXPECT_FALSE(Load(id).machine_id.empty()) << Load(id).message;
+    EXPECT_EQ(MachinesOf(id).size(), 1u) << "every other machine of the deploy is destroyed at once";
+    return agent;
   }
   // Heartbeats every 10 s of fake time for `seconds`, reconciling after each.
   void IdleFor(const std::string& token, const std::string& id, int seconds, double util) {
@@ -117,10 +141,8 @@ TEST_F(FleetTest, IdleMachineHibernatesAfterTheWindowAndWakesWithItsSnapshot) {
   auto created = fleet_->Create("usr_a", {{"name", "train"}, {"provider", "sim"}});
   ASSERT_TRUE(created) << created.error().ToString();
   std::string id = created->id;
-  ASSERT_TRUE(fleet_->Reconcile(id).ok());
+  std::string agent = BringUp(id);
   EXPECT_EQ(Load(id).state, "provisioning");
-  EXPECT_EQ(Load(id).machine_id.empty(), false);
-  std::string agent = EnrollAgent(id);
   clock_.Advance(1s);
   Beat(agent, id, 80);
   ASSERT_TRUE(fleet_->Reconcile(id).ok());
@@ -162,12 +184,14 @@ TEST_F(FleetTest, IdleMachineHibernatesAfterTheWindowAndWakesWithItsSnapshot) {
   // Wake: a new machine, same id, restore of the last snapshot, then running.
   clock_.Advance(3600s - 1800s);
   ASSERT_TRUE(fleet_->Action("usr_a", id, "wake"));
+  int64_t attempt_before = Load(id).attempt;
   ASSERT_TRUE(fleet_->Reconcile(id).ok());
-  ASSERT_TRUE(fleet_->Reconcile(id).ok());
+  EXPECT_EQ(Load(id).state, "waking");
+  std::string agent2 = BringUp(id);
   i = Load(id);
   EXPECT_EQ(i.state, "waking");
-  EXPECT_EQ(i.attempt, 2);
-  std::string agent2 = EnrollAgent(id);
+  EXPECT_GT(i.attempt, attempt_before);
+  EXPECT_EQ(i.gpu, created->gpu.empty() ? i.gpu : created->gpu);
   clock_.Advance(1s);
   Beat(agent2, id, 0);
   ASSERT_TRUE(fleet_->Reconcile(id).ok());
@@ -189,8 +213,7 @@ TEST_F(FleetTest, IdleMachineHibernatesAfterTheWindowAndWakesWithItsSnapshot) {
 
 TEST_F(FleetTest, BusyOrSilentMachinesNeverHibernate) {
   auto a = fleet_->Create("usr_a", {{"name", "busy"}, {"provider", "sim"}});
-  ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
-  std::string agent = EnrollAgent(a->id);
+  std::string agent = BringUp(a->id);
   Beat(agent, a->id, 50);
   ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
   IdleFor(agent, a->id, 3600, 50);
@@ -207,9 +230,8 @@ TEST_F(FleetTest, BusyOrSilentMachinesNeverHibernate) {
 TEST_F(FleetTest, AgentsSpeakOnlyForTheirOwnMachine) {
   auto a = fleet_->Create("usr_a", {{"name", "a"}, {"provider", "sim"}});
   auto b = fleet_->Create("usr_b", {{"name", "b"}, {"provider", "sim"}});
-  ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
-  ASSERT_TRUE(fleet_->Reconcile(b->id).ok());
-  std::string agent_a = EnrollAgent(a->id);
+  std::string agent_a = BringUp(a->id);
+  BringUp(b->id);
   auto r = fleet_->Heartbeat(agent_a, {{"instance_id", b->id}});
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code(), Code::kPermissionDenied);
@@ -239,9 +261,23 @@ TEST_F(FleetTest, RestartAdoptsUnsavedMachinesAndDestroysOrphans) {
   EXPECT_FALSE(sim->Get(stale->id)) << "a machine of an old attempt must not keep billing";
 }
 
-TEST_F(FleetTest, DestroyRemovesTheMachineAndIsIdempotent) {
+TEST_F(FleetTest, DestroyDuringADeployRemovesEveryMachine) {
   auto a = fleet_->Create("usr_a", {{"name", "a"}, {"provider", "sim"}});
   ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  EXPECT_EQ(MachinesOf(a->id).size(), 5u) << "a batch of 5 distinct offers";
+  ASSERT_TRUE(fleet_->Destroy("usr_a", a->id));
+  ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  EXPECT_EQ(Load(a->id).state, "destroyed");
+  EXPECT_TRUE(MachinesOf(a->id).empty()) << "no machine of a cancelled deploy may keep billing";
+  auto deploys = store_->ListDeploys("usr_a", 10);
+  ASSERT_EQ(deploys->size(), 1u);
+  EXPECT_EQ(deploys->front().state, "failed");
+  EXPECT_NE(deploys->front().message.find("cancelled"), std::string::npos);
+}
+
+TEST_F(FleetTest, DestroyRemovesTheMachineAndIsIdempotent) {
+  auto a = fleet_->Create("usr_a", {{"name", "a"}, {"provider", "sim"}});
+  BringUp(a->id);
   std::string machine = Load(a->id).machine_id;
   ASSERT_TRUE(fleet_->Destroy("usr_a", a->id));
   ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
@@ -273,7 +309,16 @@ TEST_F(FleetTest, FailingHostsAreRecordedAndBlacklistedAutomatically) {
   fleet_->AddProvider(std::move(r));
   auto a = fleet_->Create("usr_a", {{"name", "flaky"}, {"provider", "flaky"}, {"offer_id", "sim-3"}});
   ASSERT_TRUE(a);
-  for (int k = 0; k < 8; ++k) ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  // Each deploy is pinned to the one offer: its machine fails, the deploy fails, the user retries.
+  for (int k = 0; k < 3; ++k) {
+    for (int r = 0; r < 3; ++r) ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+    EXPECT_EQ(Load(a->id).state, "error");
+    ASSERT_TRUE(fleet_->Action("usr_a", a->id, "retry")) << k;
+  }
+  for (int r = 0; r < 3; ++r) ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  EXPECT_EQ(Load(a->id).state, "error");
+  EXPECT_NE(Load(a->id).message.find("no offer"), std::string::npos)
+      << "the 4th deploy finds its only offer blacklisted: " << Load(a->id).message;
   auto stats = HostStatsOf(*store_, "flaky", "sim-3");
   ASSERT_TRUE(stats);
   EXPECT_GE(stats->failed, 3);
@@ -306,6 +351,214 @@ TEST_F(FleetTest, FailingHostsAreRecordedAndBlacklistedAutomatically) {
   for (const auto& o : (*h100)["offers"]) EXPECT_EQ(o["gpu_name"], "H100");
   EXPECT_FALSE(ParseOfferQuery({{"sort", "cheapest"}}));
   EXPECT_EQ(*ParseOfferQuery({{"max_price", "x"}}).error().field(), "max_price");
+}
+
+std::vector<json> EventsOf(store::Store& s, const std::string& deploy) {
+  std::vector<json> out;
+  auto events = s.ListDeployEvents(deploy, 0, 1000);
+  for (const auto& e : *events) {
+    json d = json::parse(e.data_json);
+    d["type"] = e.type;
+    out.push_back(d);
+  }
+  return out;
+}
+
+TEST_F(FleetTest, MultiStartKeepsTheFirstReachableMachineAndBooksTheLosers) {
+  auto dep = fleet_->StartDeploy("usr_a", {{"name", "ms"}, {"provider", "sim"},
+                                           {"strategy", {{"batch_size", 3}, {"batch_timeout_s", 90}}}});
+  ASSERT_TRUE(dep) << dep.error().ToString();
+  EXPECT_EQ(dep->state, "pending");
+  std::string id = dep->instance_id;
+  ASSERT_TRUE(fleet_->Reconcile(id).ok());
+  auto machines = MachinesOf(id);
+  ASSERT_EQ(machines.size(), 3u);
+  std::set<std::string> offers;
+  for (const auto& m : machines) offers.insert(m.offer_id);
+  EXPECT_EQ(offers.size(), 3u) << "never the same offer twice";
+  clock_.Advance(30s);
+  std::string agent = EnrollAgent(id);
+  Beat(agent, id, 0);
+  ASSERT_TRUE(fleet_->Reconcile(id).ok());
+  ASSERT_EQ(MachinesOf(id).size(), 1u);
+  EXPECT_EQ(MachinesOf(id).front().id, Load(id).machine_id);
+
+  auto d = *store_->GetDeploy(dep->id);
+  EXPECT_EQ(d.state, "succeeded");
+  EXPECT_EQ(d.winner_machine_id, Load(id).machine_id);
+  // Every machine billed 30 s at its offer's price; the winner's boot is part of the total only.
+  double losers_usd = 0, all_usd = 0;
+  for (const auto& m : json::parse(d.machines_json)) {
+    EXPECT_EQ(m["billed_seconds"], 30);
+    double c = 30 * m["offer"]["price_per_hour"].get<double>() / 3600;
+    EXPECT_NEAR(m["cost_usd"].get<double>(), c, 1e-9);
+    all_usd += c;
+    if (m["end"] == "loser") losers_usd += c;
+  }
+  EXPECT_GT(losers_usd, 0);
+  EXPECT_NEAR(d.loser_cost_usd, losers_usd, 1e-9);
+  EXPECT_NEAR(d.total_cost_usd, all_usd, 1e-9);
+  std::vector<std::string> types;
+  int losers = 0;
+  for (const auto& e : EventsOf(*store_, dep->id)) {
+    types.push_back(e["type"]);
+    if (e["type"] == "machine_destroyed") {
+      EXPECT_EQ(e["reason"], "loser");
+      EXPECT_EQ(e["billed_seconds"], 30);
+      ++losers;
+    }
+  }
+  EXPECT_EQ(losers, 2);
+  ASSERT_GE(types.size(), 6u);
+  EXPECT_EQ(types.front(), "deploy_started");
+  EXPECT_EQ(types[1], "batch_started");
+  EXPECT_EQ(types.back(), "deploy_succeeded");
+  // History: one ready, the losers cancelled (a lost race is not the host's fault).
+  int ready = 0, cancelled = 0;
+  for (const auto& a : *store_->ListAllAttempts()) {
+    ready += a.outcome == "ready";
+    cancelled += a.outcome == "cancelled";
+  }
+  EXPECT_EQ(ready, 1);
+  EXPECT_EQ(cancelled, 2);
+  EXPECT_TRUE(store_->ListBlacklist()->empty());
+
+  // The winner becomes the instance's machine; its next heartbeat is an ordinary one.
+  clock_.Advance(1s);
+  Beat(agent, id, 50);
+  ASSERT_TRUE(fleet_->Reconcile(id).ok());
+  EXPECT_EQ(Load(id).state, "running");
+}
+
+TEST_F(FleetTest, BatchTimeoutStartsNewOffersThenTheDeployFailsCleanly) {
+  auto dep = fleet_->StartDeploy("usr_a", {{"name", "slow"}, {"provider", "sim"},
+                                           {"strategy", {{"batch_size", 2}, {"max_batches", 2}, {"batch_timeout_s", 10}}}});
+  ASSERT_TRUE(dep);
+  std::string id = dep->instance_id;
+  ASSERT_TRUE(fleet_->Reconcile(id).ok());
+  std::set<std::string> first;
+  for (const auto& m : MachinesOf(id)) first.insert(m.offer_id);
+  ASSERT_EQ(first.size(), 2u);
+  clock_.Advance(11s);
+  ASSERT_TRUE(fleet_->Reconcile(id).ok());
+  std::set<std::string> all;
+  for (const auto& m : MachinesOf(id)) all.insert(m.offer_id);
+  EXPECT_EQ(all.size(), 4u) << "batch 2 starts 2 new offers; batch 1 keeps booting (carry-over)";
+  clock_.Advance(11s);
+  ASSERT_TRUE(fleet_->Reconcile(id).ok());
+  EXPECT_TRUE(MachinesOf(id).empty()) << "a failed deploy leaves no machine behind";
+  EXPECT_EQ(Load(id).state, "error");
+  auto d = *store_->GetDeploy(dep->id);
+  EXPECT_EQ(d.state, "failed");
+  // Batch 1 lived 22 s (carried over), batch 2 lived 11 s.
+  double usd = 0;
+  for (const auto& m : json::parse(d.machines_json)) {
+    EXPECT_EQ(m["billed_seconds"], m["batch"] == 1 ? 22 : 11);
+    usd += m["billed_seconds"].get<int>() * m["offer"]["price_per_hour"].get<double>() / 3600;
+  }
+  EXPECT_NEAR(d.total_cost_usd, usd, 1e-9);
+  auto events = EventsOf(*store_, dep->id);
+  EXPECT_EQ(events.back()["type"], "deploy_failed");
+  int batches = 0;
+  for (const auto& e : events) batches += e["type"] == "batch_started";
+  EXPECT_EQ(batches, 2);
+}
+
+// A provider whose machines on chosen offers fail at boot (to drive a host's history).
+struct Switchable : provider::Provider {
+  std::unique_ptr<provider::Provider> p;
+  std::set<std::string> failing_offers, failed_machines;
+  std::string Name() const override { return "switch"; }
+  Result<std::vector<provider::Offer>> Offers() override {
+    auto o = p->Offers();
+    for (auto& x : *o) x.provider = "switch";
+    return o;
+  }
+  std::map<std::string, provider::Capability> Capabilities() const override { return p->Capabilities(); }
+  Result<provider::Machine> Create(const provider::MachineSpec& s) override {
+    auto m = p->Create(s);
+    if (m && failing_offers.count(s.offer_id)) failed_machines.insert(m->id);
+    return m;
+  }
+  Result<provider::Machine> Get(const std::string& id) override {
+    auto m = p->Get(id);
+    if (m && failed_machines.count(id)) m->state = provider::MachineState::kFailed;
+    return m;
+  }
+  Result<std::vector<provider::Machine>> ListByLabelPrefix(const std::string& x) override { return p->ListByLabelPrefix(x); }
+  Status Stop(const std::string& id) override { return p->Stop(id); }
+  Status Start(const std::string& id) override { return p->Start(id); }
+  Status Destroy(const std::string& id) override { return p->Destroy(id); }
+};
+
+TEST_F(FleetTest, OneSuccessInFourAttemptsIsBlacklistedAndSkippedByTheNextDeploy) {
+  auto sw = std::make_unique<Switchable>();
+  sw->p = provider::NewSimProvider({}, clock_);
+  auto* sw_raw = sw.get();
+  fleet_->AddProvider(std::move(sw));
+  auto pinned = json{{"provider", "switch"}, {"offer_id", "sim-2"}};
+  // Attempt 1 on host sim-2 succeeds.
+  json req = pinned;
+  req["name"] = "ok";
+  auto a = fleet_->Create("usr_a", req);
+  ASSERT_TRUE(a);
+  ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  std::string agent = EnrollAgent(a->id, "switch");
+  Beat(agent, a->id, 0);
+  ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  ASSERT_FALSE(Load(a->id).machine_id.empty());
+  // Attempts 2-4 on sim-2 fail at boot.
+  sw_raw->failing_offers = {"sim-2"};
+  for (int k = 0; k < 3; ++k) {
+    req["name"] = "bad" + std::to_string(k);
+    auto b = fleet_->Create("usr_a", req);
+    ASSERT_TRUE(b);
+    for (int r = 0; r < 3; ++r) ASSERT_TRUE(fleet_->Reconcile(b->id).ok());
+    EXPECT_EQ(Load(b->id).state, "error");
+    auto bl = store_->ListBlacklist();
+    EXPECT_EQ(bl->size(), k == 2 ? 1u : 0u) << "1 of 3 (33 %) is not yet under 30 %; 1 of 4 is";
+  }
+  auto stats = HostStatsOf(*store_, "switch", "sim-2");
+  EXPECT_EQ(stats->ready, 1);
+  EXPECT_EQ(stats->failed, 3);
+  auto bl = *store_->ListBlacklist();
+  ASSERT_EQ(bl.size(), 1u);
+  EXPECT_EQ(bl[0].host_id, "sim-2");
+  EXPECT_TRUE(bl[0].automatic);
+  EXPECT_NE(bl[0].reason.find("1 of 4"), std::string::npos) << bl[0].reason;
+
+  // The next deploy for the same GPU model (sim-2 and sim-6 are both A100 80GB) skips sim-2.
+  sw_raw->failing_offers.clear();
+  auto dep = fleet_->StartDeploy("usr_a", {{"name", "next"}, {"provider", "switch"},
+                                           {"requirements", {{"gpu", "A100 80GB"}}}});
+  ASSERT_TRUE(dep);
+  ASSERT_TRUE(fleet_->Reconcile(dep->instance_id).ok());
+  auto started = MachinesOf(dep->instance_id, "switch");
+  ASSERT_EQ(started.size(), 1u);
+  EXPECT_EQ(started[0].offer_id, "sim-6");
+  // Pinned to the blacklisted host: refused with the reason.
+  req["name"] = "pinned";
+  auto c = fleet_->Create("usr_a", req);
+  for (int r = 0; r < 2; ++r) ASSERT_TRUE(fleet_->Reconcile(c->id).ok());
+  EXPECT_EQ(Load(c->id).state, "error");
+  EXPECT_TRUE(MachinesOf(c->id, "switch").empty());
+}
+
+TEST_F(FleetTest, DeployRequestsAreValidatedWithFieldNames) {
+  auto bad = fleet_->StartDeploy("usr_a", {{"name", "x"}, {"provider", "sim"}, {"strategy", {{"batch_size", 0}}}});
+  EXPECT_EQ(*bad.error().field(), "strategy.batch_size");
+  bad = fleet_->StartDeploy("usr_a", {{"name", "x"}, {"provider", "sim"}, {"strategy", {{"batch_sise", 2}}}});
+  EXPECT_EQ(*bad.error().field(), "strategy.batch_sise");
+  bad = fleet_->StartDeploy("usr_a", {{"name", "x"}, {"provider", "sim"}, {"requirements", {{"sort", "cheap"}}}});
+  EXPECT_EQ(*bad.error().field(), "requirements.sort");
+  bad = fleet_->StartDeploy("usr_a", {{"name", "x"}, {"provider", "sim"}, {"requirements", {{"max_price", "1"}}}});
+  EXPECT_EQ(*bad.error().field(), "requirements.max_price");
+  EXPECT_TRUE(fleet_->List("usr_a")->empty()) << "nothing is created from a bad request";
+  // Deploys are private.
+  auto ok = fleet_->StartDeploy("usr_a", {{"name", "x"}, {"provider", "sim"}});
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(fleet_->GetDeploy("usr_b", ok->id).error().code(), Code::kNotFound);
+  EXPECT_EQ(fleet_->DeployEvents("usr_b", ok->id, 0, 10).error().code(), Code::kNotFound);
 }
 
 TEST_F(FleetTest, CreateValidatesWithFieldNames) {
