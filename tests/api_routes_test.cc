@@ -102,6 +102,11 @@ TEST_F(Api, EveryRouteRejectsAbuseAndTheServerStaysUp) {
          EXPECT_EQ(r.status, 201) << r.body;
          return Json(r)["instance"]["id"].get<std::string>();
        }},
+      {"deploy", [&] {
+         auto r = server_->Call("POST", "/api/v1/deploys", R"({"name":"walk","provider":"sim"})", alice_);
+         EXPECT_EQ(r.status, 202) << r.body;
+         return Json(r)["deploy"]["id"].get<std::string>();
+       }},
       {"api_key", [&] {
          auto r = server_->Call("POST", "/api/v1/auth/api-keys", R"({"name":"walk"})", alice_);
          EXPECT_EQ(r.status, 201) << r.body;

@@ -123,7 +123,20 @@ Result<std::unique_ptr<App>> App::Create(const Config& cfg, const Clock& clock, 
   std::filesystem::create_directories(lo.root, ec);
   app->fleet_->AddProvider(provider::NewLocalProvider(lo));
   if (cfg.fleet_sim_provider) app->fleet_->AddProvider(provider::NewSimProvider({}, clock));
-  if (!cfg.vast_api_key.empty()) {
+  // Provider credentials: each user's own, sealed with a key that lives only in the data directory.
+  auto sealer = auth::Sealer::OpenOrCreate((std::filesystem::path(cfg.data_dir) / "credentials.key").string());
+  if (!sealer) return Err(sealer.error());
+  app->fleet_->SetSealer(std::move(*sealer));
+  std::string vast_url = cfg.vast_base_url;
+  app->fleet_->RegisterProviderFactory(
+      "vast", {"Vast.ai", {"api_key"}, {}},
+      [vast_url](const nlohmann::json& creds) -> Result<std::unique_ptr<provider::Provider>> {
+        provider::VastOptions vo;
+        vo.base_url = vast_url;
+        vo.api_key = creds.value("api_key", "");
+        return provider::NewVastProvider(vo);
+      });
+  if (!cfg.vast_api_key.empty()) {  // a server-wide key: every user without their own uses it
     provider::VastOptions vo;
     vo.base_url = cfg.vast_base_url;
     vo.api_key = cfg.vast_api_key;
@@ -143,6 +156,8 @@ void App::RegisterRoutes() {
   RegisterSystemRoutes();
   RegisterAuthRoutes();
   RegisterFleetRoutes();
+  RegisterDeployRoutes();
+  RegisterSettingsRoutes();
 }
 
 void App::Start(const std::string& public_url) {

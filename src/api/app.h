@@ -38,6 +38,8 @@ class App {
   void RegisterSystemRoutes();
   void RegisterAuthRoutes();
   void RegisterFleetRoutes();
+  void RegisterDeployRoutes();
+  void RegisterSettingsRoutes();
   void SetupWebConsole();
 
   Config cfg_;

@@ -86,12 +86,13 @@ void App::RegisterFleetRoutes() {
                  if (!i) return Err(i.error());
                  return JsonResponse(202, {{"instance", f.InstanceJson(*i)}});
                });
-  for (const char* action : {"pause", "resume", "hibernate", "wake", "snapshot"}) {
+  for (const char* action : {"pause", "resume", "hibernate", "wake", "snapshot", "retry"}) {
     std::string a = action;
     router_->Add(RouteSpec{.method = "POST", .path = std::string(kInstance) + "/" + a,
                            .summary = a == "snapshot" ? "Take a snapshot of the workspace now"
                                       : a == "hibernate" ? "Snapshot, then destroy the machine (billing stops)"
                                       : a == "wake" ? "New machine, restore the latest snapshot"
+                                      : a == "retry" ? "Run the failed deploy of an instance in error again"
                                                     : "Instance action: " + a,
                            .tag = "instances", .mutation = true, .owned_resource = "instance",
                            .success_status = 202, .response_description = "accepted; watch state and events"},
@@ -215,7 +216,10 @@ echo "dumont-agent started (log: /var/log/dumont-agent.log)"
                [&f](Context& c) -> Result<Response> {
                  auto q = fleet::ParseOfferQuery(c.request.query);
                  if (!q) return Err(q.error());
-                 auto r = fleet::SearchOffers(f.store(), f.Providers(), *q);
+                 auto mine = f.ProvidersFor(c.principal->user_id);  // keeps the clients alive meanwhile
+                 std::vector<provider::Provider*> providers;
+                 for (const auto& p : mine) providers.push_back(p.get());
+                 auto r = fleet::SearchOffers(f.store(), providers, *q);
                  if (!r) return Err(r.error());
                  return JsonResponse(200, *r);
                });
