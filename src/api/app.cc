@@ -8,6 +8,7 @@
 
 #include "provider/local.h"
 #include "provider/sim.h"
+#include "provider/runpod.h"
 #include "provider/vast.h"
 
 namespace dumont::api {
@@ -136,6 +137,21 @@ Result<std::unique_ptr<App>> App::Create(const Config& cfg, const Clock& clock, 
         vo.api_key = creds.value("api_key", "");
         return provider::NewVastProvider(vo);
       });
+  std::string runpod_url = cfg.runpod_base_url;
+  app->fleet_->RegisterProviderFactory(
+      "runpod", {"RunPod", {"api_key"}, {}},
+      [runpod_url](const nlohmann::json& creds) -> Result<std::unique_ptr<provider::Provider>> {
+        provider::RunPodOptions ro;
+        ro.base_url = runpod_url;
+        ro.api_key = creds.value("api_key", "");
+        return provider::NewRunPodProvider(ro);
+      });
+  if (!cfg.runpod_api_key.empty()) {
+    provider::RunPodOptions ro;
+    ro.base_url = cfg.runpod_base_url;
+    ro.api_key = cfg.runpod_api_key;
+    app->fleet_->AddProvider(provider::NewRunPodProvider(ro));
+  }
   if (!cfg.vast_api_key.empty()) {  // a server-wide key: every user without their own uses it
     provider::VastOptions vo;
     vo.base_url = cfg.vast_base_url;
