@@ -165,6 +165,101 @@ TEST_P(StoreConformance, MetaUpserts) {
   EXPECT_EQ(**store_->GetMeta("x"), "2");
 }
 
+TEST_P(StoreConformance, AMigrationMissingBelowTheNewestIsStillApplied) {
+  // A database that got a higher-numbered migration before a lower one existed (branches add them
+  // concurrently): the missing one is applied on the next start, not skipped.
+  auto db = OpenDb(url_);
+  ASSERT_TRUE(db);
+  ASSERT_TRUE((*db)->ExecScript("DROP TABLE blacklist; DROP TABLE machine_attempts").ok());
+  ASSERT_TRUE((*db)->Exec("DELETE FROM schema_migrations WHERE version = 3"));
+  db->reset();
+  Reopen();
+  EXPECT_EQ(*store_->SchemaVersion(), LatestSchemaVersion());
+  EXPECT_TRUE(store_->ListBlacklist()) << "migration 3 was not re-applied";
+  auto again = OpenDb(url_);
+  ASSERT_TRUE(again);
+  auto n = (*again)->Query("SELECT COUNT(*) FROM schema_migrations");
+  ASSERT_TRUE(n);
+  EXPECT_EQ(static_cast<size_t>(n->at(0).Int(0)), Migrations().size());
+}
+
+MarketSnapshot Sample(int64_t t, const std::string& provider, const std::string& gpu, double min,
+                      std::optional<double> spot = std::nullopt) {
+  return MarketSnapshot{t, provider, gpu, 24, min, min * 1.5, min * 2, 3, 5, 0.97, spot};
+}
+
+TEST_P(StoreConformance, MarketSnapshotsQueryLatestAndRetention) {
+  ASSERT_TRUE(store_->AddMarketSnapshots({Sample(100, "vast", "RTX 4090", 0.31, 0.125),
+                                          Sample(100, "vast", "A100 SXM4", 1.1),
+                                          Sample(100, "runpod", "RTX 4090", 0.44),
+                                          Sample(200, "vast", "RTX 4090", 0.33, 0.15),
+                                          Sample(200, "vast", "A100 SXM4", 1.2),
+                                          Sample(200, "runpod", "RTX 4090", 0.42),
+                                          Sample(300, "vast", "RTX 4090", 0.35)})
+                  .ok());
+  EXPECT_TRUE(store_->AddMarketSnapshots({}).ok());
+  Reopen();
+
+  auto all = store_->ListMarketSnapshots({});
+  ASSERT_TRUE(all) << all.error().ToString();
+  ASSERT_EQ(all->size(), 7u);
+  EXPECT_EQ(all->front().sampled_at, 100);  // oldest first
+  EXPECT_EQ(all->back().sampled_at, 300);
+  const MarketSnapshot& first = all->front();  // (100, runpod, RTX 4090): provider order within a time
+  EXPECT_EQ(first.provider, "runpod");
+  EXPECT_EQ(first.gpu, "RTX 4090");
+  EXPECT_DOUBLE_EQ(first.min_price, 0.44);
+  EXPECT_DOUBLE_EQ(first.avg_price, 0.66);
+  EXPECT_DOUBLE_EQ(first.max_price, 0.88);
+  EXPECT_DOUBLE_EQ(first.vram_gb, 24);
+  EXPECT_EQ(first.offers, 3);
+  EXPECT_EQ(first.available_gpus, 5);
+  EXPECT_DOUBLE_EQ(first.avg_reliability, 0.97);
+  EXPECT_FALSE(first.spot_min_price.has_value());
+  EXPECT_DOUBLE_EQ(*(*all)[2].spot_min_price, 0.125);  // (100, vast, RTX 4090)
+
+  auto vast4090 = store_->ListMarketSnapshots({.gpu = "RTX 4090", .provider = "vast"});
+  ASSERT_EQ(vast4090->size(), 3u);
+  EXPECT_DOUBLE_EQ((*vast4090)[1].min_price, 0.33);
+  auto window = store_->ListMarketSnapshots({.since = 200, .until = 300});
+  EXPECT_EQ(window->size(), 4u) << "since and until are inclusive";
+  auto newest2 = store_->ListMarketSnapshots({.gpu = "RTX 4090", .limit = 2});
+  ASSERT_EQ(newest2->size(), 2u);
+  EXPECT_EQ((*newest2)[0].sampled_at, 200);  // the newest two, oldest first
+  EXPECT_EQ((*newest2)[0].provider, "vast");
+  EXPECT_EQ((*newest2)[1].sampled_at, 300);
+  EXPECT_TRUE(store_->ListMarketSnapshots({.gpu = "H100"})->empty());
+
+  // Same (provider, gpu, time) replaces.
+  ASSERT_TRUE(store_->AddMarketSnapshots({Sample(300, "vast", "RTX 4090", 0.30, 0.1)}).ok());
+  auto replaced = store_->ListMarketSnapshots({.since = 300});
+  ASSERT_EQ(replaced->size(), 1u);
+  EXPECT_DOUBLE_EQ(replaced->front().min_price, 0.30);
+  EXPECT_DOUBLE_EQ(*replaced->front().spot_min_price, 0.1);
+
+  auto latest = store_->LatestMarketSnapshots(INT64_MAX);
+  ASSERT_TRUE(latest) << latest.error().ToString();
+  ASSERT_EQ(latest->size(), 3u);  // ordered by gpu, provider
+  EXPECT_EQ((*latest)[0].gpu, "A100 SXM4");
+  EXPECT_EQ((*latest)[0].sampled_at, 200);
+  EXPECT_EQ((*latest)[1].provider, "runpod");
+  EXPECT_EQ((*latest)[1].sampled_at, 200);
+  EXPECT_EQ((*latest)[2].provider, "vast");
+  EXPECT_EQ((*latest)[2].sampled_at, 300);
+  auto earlier = store_->LatestMarketSnapshots(199);
+  ASSERT_EQ(earlier->size(), 3u);
+  for (const auto& m : *earlier) EXPECT_EQ(m.sampled_at, 100);
+  EXPECT_TRUE(store_->LatestMarketSnapshots(99)->empty());
+
+  auto deleted = store_->DeleteMarketSnapshotsBefore(200);
+  ASSERT_TRUE(deleted);
+  EXPECT_EQ(*deleted, 3);
+  EXPECT_EQ(*store_->DeleteMarketSnapshotsBefore(200), 0);
+  auto kept = store_->ListMarketSnapshots({});
+  ASSERT_EQ(kept->size(), 4u);
+  for (const auto& m : *kept) EXPECT_GE(m.sampled_at, 200);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, StoreConformance, ::testing::Values("sqlite", "postgresql"),
                          [](const auto& info) { return info.param; });
 

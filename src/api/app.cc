@@ -158,6 +158,11 @@ Result<std::unique_ptr<App>> App::Create(const Config& cfg, const Clock& clock, 
     vo.api_key = cfg.vast_api_key;
     app->fleet_->AddProvider(provider::NewVastProvider(vo));
   }
+  if (cfg.market_enabled) {
+    app->market_ = std::make_unique<fleet::MarketMonitor>(
+        *app->store_, clock, logger, app->fleet_->Providers(),
+        fleet::MarketOptions{.interval_s = cfg.market_interval_s, .retention_days = cfg.market_retention_days});
+  }
 
   app->metrics_ = std::make_unique<http::Metrics>(DUMONT_VERSION, DUMONT_GIT_COMMIT, app->start_time_);
   app->authenticator_ = std::make_unique<BearerAuthenticator>(*app->auth_);
@@ -174,14 +179,19 @@ void App::RegisterRoutes() {
   RegisterFleetRoutes();
   RegisterDeployRoutes();
   RegisterSettingsRoutes();
+  RegisterMarketRoutes();
 }
 
 void App::Start(const std::string& public_url) {
   fleet_->SetPublicUrl(cfg_.public_url.empty() ? public_url : cfg_.public_url);
   fleet_->Start();
+  if (market_) market_->Start();
 }
 
-void App::Shutdown() { fleet_->Stop(); }
+void App::Shutdown() {
+  if (market_) market_->Stop();  // it reads the fleet's providers
+  fleet_->Stop();
+}
 
 void App::SetupWebConsole() {
   std::string dir = cfg_.web_dir;

@@ -10,6 +10,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "fleet/fleet.h"
+#include "fleet/market.h"
 #include "http/metrics.h"
 #include "http/router.h"
 #include "store/store.h"
@@ -40,6 +41,7 @@ class App {
   void RegisterFleetRoutes();
   void RegisterDeployRoutes();
   void RegisterSettingsRoutes();
+  void RegisterMarketRoutes();
   void SetupWebConsole();
 
   Config cfg_;
@@ -49,6 +51,7 @@ class App {
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<auth::AuthService> auth_;
   std::unique_ptr<fleet::Fleet> fleet_;
+  std::unique_ptr<fleet::MarketMonitor> market_;  // null when market.enabled is false
   std::unique_ptr<http::Metrics> metrics_;
   std::unique_ptr<http::Authenticator> authenticator_;
   std::unique_ptr<http::Router> router_;

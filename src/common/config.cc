@@ -48,6 +48,9 @@ const std::vector<Binding>& Bindings() {
       {{"fleet.resync_interval_s", T::kInt, "controllers re-check every instance this often"}, nullptr, &Config::fleet_resync_interval_s},
       {{"fleet.sim_provider", T::kBool, "enable the in-memory sim provider (tests and demos)"}, nullptr, nullptr, &Config::fleet_sim_provider},
       {{"fleet.local_price_per_hour", T::kNumber, "hourly price booked for local machines (savings ledger)"}, nullptr, nullptr, nullptr, &Config::fleet_local_price_per_hour},
+      {{"market.enabled", T::kBool, "sample every provider's offers into the market price history (docs/market.md)"}, nullptr, nullptr, &Config::market_enabled},
+      {{"market.interval_s", T::kInt, "seconds between market samples"}, nullptr, &Config::market_interval_s},
+      {{"market.retention_days", T::kInt, "market samples older than this many days are deleted"}, nullptr, &Config::market_retention_days},
   };
   return kBindings;
 }
@@ -150,6 +153,12 @@ Status Config::Validate() const {
   if (auth_password_hash != "interactive" && auth_password_hash != "moderate" &&
       auth_password_hash != "fast") {
     return Status::InvalidField("auth.password_hash", "auth.password_hash must be interactive, moderate or fast");
+  }
+  if (market_interval_s < 10) {
+    return Status::InvalidField("market.interval_s", "market.interval_s must be at least 10");
+  }
+  if (market_retention_days < 1) {
+    return Status::InvalidField("market.retention_days", "market.retention_days must be at least 1");
   }
   if (!db.empty() && db.rfind("sqlite://", 0) != 0 && db.rfind("postgresql://", 0) != 0 &&
       db.rfind("postgres://", 0) != 0) {

@@ -45,6 +45,9 @@ struct Config {
   int64_t fleet_resync_interval_s = 30;
   bool fleet_sim_provider = false;         // enable the in-memory sim provider (tests, demos)
   double fleet_local_price_per_hour = 0.0; // what a local machine "costs", for the savings ledger
+  bool market_enabled = true;              // sample every provider's offers into the price history
+  int64_t market_interval_s = 300;
+  int64_t market_retention_days = 30;
 
   std::string DatabaseUrl() const;  // db, or the SQLite default under data_dir
 

@@ -284,10 +284,8 @@ nlohmann::json OpenApiDocument(const Router& router, const std::string& version)
         {"description", s.response_description},
         {"content", {{s.produces, json::object()}}}};
     json err_ref = {{"$ref", "#/components/responses/Error"}};
-    if (!s.body.empty()) {
-      responses["400"] = err_ref;
-      responses["413"] = err_ref;
-    }
+    if (!s.body.empty() || !s.query.empty()) responses["400"] = err_ref;
+    if (!s.body.empty()) responses["413"] = err_ref;
     if (s.auth != Auth::kNone) {
       responses["401"] = err_ref;
       op["security"] = json::array({{{"bearer", json::array()}}});

@@ -5,7 +5,8 @@ namespace dumont::provider {
 nlohmann::json Offer::ToJson() const {
   return {{"id", id}, {"provider", provider}, {"gpu_name", gpu_name}, {"num_gpus", num_gpus},
           {"gpu_ram_gb", gpu_ram_gb}, {"cpu_cores", cpu_cores}, {"ram_gb", ram_gb}, {"disk_gb", disk_gb},
-          {"price_per_hour", price_per_hour}, {"reliability", reliability}, {"location", location},
+          {"price_per_hour", price_per_hour},
+          {"spot_price_per_hour", spot_price_per_hour}, {"reliability", reliability}, {"location", location},
           {"inet_down_mbps", inet_down_mbps}, {"inet_up_mbps", inet_up_mbps}};
 }
 

@@ -28,6 +28,7 @@ struct Offer {
   double ram_gb = 0;
   double disk_gb = 0;
   double price_per_hour = 0;
+  double spot_price_per_hour = 0;  // 0 = not offered; the interruptible price of the whole offer
   double reliability = 0;  // 0..1, as the provider reports it
   std::string location;
   double inet_down_mbps = 0, inet_up_mbps = 0;

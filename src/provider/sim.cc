@@ -14,18 +14,19 @@ class SimProvider final : public Provider {
 
   Result<std::vector<Offer>> Offers() override {
     std::vector<Offer> out;
-    static const char* kGpus[] = {"RTX 4090", "RTX 3090", "A100 80GB", "H100"};
+    static const std::pair<const char*, double> kGpus[] = {{"RTX 4090", 24}, {"RTX 3090", 24}, {"A100 80GB", 80}, {"H100", 80}};
     for (int i = 0; i < o_.offers; ++i) {
       Offer off;
       off.id = "sim-" + std::to_string(i);
       off.provider = "sim";
-      off.gpu_name = kGpus[i % 4];
+      off.gpu_name = kGpus[i % 4].first;
       off.num_gpus = 1 + i % 2;
-      off.gpu_ram_gb = 24;
+      off.gpu_ram_gb = kGpus[i % 4].second;
       off.cpu_cores = 8;
       off.ram_gb = 32;
       off.disk_gb = 100;
       off.price_per_hour = o_.price_per_hour * (1 + 0.1 * i);
+      if (i / 4 % 2 == 0) off.spot_price_per_hour = off.price_per_hour * 0.4;  // half the offers of each GPU
       off.reliability = 0.9;
       off.location = "sim-region";
       out.push_back(off);

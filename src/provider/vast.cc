@@ -159,6 +159,7 @@ Offer ToOffer(const json& o) {
   off.ram_gb = Num(o, "cpu_ram") / 1024.0;  // MB
   off.disk_gb = Num(o, "disk_space");       // GB
   off.price_per_hour = Num(o, "dph_total");
+  off.spot_price_per_hour = Num(o, "min_bid");  // the lowest bid an interruptible instance can win with
   off.reliability = Num(o, "reliability", Num(o, "reliability2"));
   off.location = Str(o, "geolocation");
   off.inet_down_mbps = Num(o, "inet_down");

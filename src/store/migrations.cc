@@ -173,6 +173,24 @@ CREATE TABLE provider_credentials (
   PRIMARY KEY (owner, provider)
 )
 )SQL"},
+      {5, "market price history", R"SQL(
+CREATE TABLE market_snapshots (
+  sampled_at BIGINT NOT NULL,
+  provider TEXT NOT NULL,
+  gpu TEXT NOT NULL,
+  vram_gb DOUBLE PRECISION NOT NULL,
+  min_price DOUBLE PRECISION NOT NULL,
+  avg_price DOUBLE PRECISION NOT NULL,
+  max_price DOUBLE PRECISION NOT NULL,
+  offers BIGINT NOT NULL,
+  available_gpus BIGINT NOT NULL,
+  avg_reliability DOUBLE PRECISION NOT NULL,
+  spot_min_price DOUBLE PRECISION,
+  PRIMARY KEY (provider, gpu, sampled_at)
+);
+CREATE INDEX market_snapshots_gpu ON market_snapshots(gpu, sampled_at);
+CREATE INDEX market_snapshots_time ON market_snapshots(sampled_at)
+)SQL"},
   };
   return kMigrations;
 }

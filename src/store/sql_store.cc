@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <set>
 #include <utility>
 
 #include "store/store.h"
@@ -97,6 +98,15 @@ constexpr const char* kCredCols = "owner, provider, sealed, hint, updated_at";
 ProviderCredential ToCred(const Row& r) { return ProviderCredential{r.Str(0), r.Str(1), r.Str(2), r.Str(3), r.Int(4)}; }
 constexpr const char* kBlacklistCols = "provider, host_id, reason, automatic, created_at";
 BlacklistEntry ToBlacklist(const Row& r) { return BlacklistEntry{r.Str(0), r.Str(1), r.Str(2), r.Int(3) != 0, r.Int(4)}; }
+constexpr const char* kMarketCols =
+    "sampled_at, provider, gpu, vram_gb, min_price, avg_price, max_price, offers, available_gpus, avg_reliability, "
+    "spot_min_price";
+MarketSnapshot ToMarket(const Row& r) {
+  MarketSnapshot m{r.Int(0), r.Str(1), r.Str(2), r.Real(3), r.Real(4), r.Real(5),
+                   r.Real(6), r.Int(7), r.Int(8), r.Real(9), std::nullopt};
+  if (!r.IsNull(10)) m.spot_min_price = r.Real(10);
+  return m;
+}
 
 Status InsertToken(Conn& c, const RefreshToken& t) {
   auto r = c.Exec(std::string("INSERT INTO refresh_tokens (") + kTokenCols + ") VALUES (?, ?, ?, ?, ?, ?)",
@@ -121,6 +131,10 @@ class SqlStore final : public Store {
     DUMONT_RETURN_STATUS_IF_ERROR(db_->ExecScript(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, "
         "applied_at BIGINT NOT NULL)"));
+    auto recorded = db_->Query("SELECT version FROM schema_migrations");
+    if (!recorded) return recorded.error();
+    std::set<int64_t> applied;
+    for (const auto& r : *recorded) applied.insert(r.Int(0));
     auto current = SchemaVersion();
     if (!current) return current.error();
     if (*current > LatestSchemaVersion()) {
@@ -129,8 +143,10 @@ class SqlStore final : public Store {
           ", newer than this dumontd understands (" + std::to_string(LatestSchemaVersion()) +
           "); run a newer dumontd or restore a backup from before the upgrade");
     }
+    // Every migration not recorded yet is applied, in version order, even one numbered below the newest
+    // applied: branches add migrations concurrently, so a database may get 5 before 4 exists.
     for (const auto& m : Migrations()) {
-      if (m.version <= *current) continue;
+      if (applied.count(m.version)) continue;
       Status st = db_->Transaction([&](Conn& c) -> Status {
         DUMONT_RETURN_STATUS_IF_ERROR(c.ExecScript(m.sql));
         auto r = c.Exec("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
@@ -519,6 +535,51 @@ class SqlStore final : public Store {
   Result<std::vector<BlacklistEntry>> ListBlacklist() override {
     return Many<BlacklistEntry>(std::string("SELECT ") + kBlacklistCols + " FROM blacklist ORDER BY created_at, host_id",
                                 {}, ToBlacklist);
+  }
+
+  Status AddMarketSnapshots(const std::vector<MarketSnapshot>& rows) override {
+    if (rows.empty()) return Status::Ok();
+    return db_->Transaction([&](Conn& c) -> Status {
+      for (const auto& m : rows) {
+        auto d = c.Exec("DELETE FROM market_snapshots WHERE provider = ? AND gpu = ? AND sampled_at = ?",
+                        {m.provider, m.gpu, m.sampled_at});
+        if (!d) return d.error();
+        auto r = c.Exec(std::string("INSERT INTO market_snapshots (") + kMarketCols +
+                            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        {m.sampled_at, m.provider, m.gpu, m.vram_gb, m.min_price, m.avg_price, m.max_price, m.offers,
+                         m.available_gpus, m.avg_reliability,
+                         m.spot_min_price ? Value(*m.spot_min_price) : Value(nullptr)});
+        if (!r) return r.error();
+      }
+      return Status::Ok();
+    });
+  }
+  Result<std::vector<MarketSnapshot>> ListMarketSnapshots(const MarketQuery& q) override {
+    std::string sql = std::string("SELECT ") + kMarketCols + " FROM market_snapshots WHERE sampled_at >= ? AND sampled_at <= ?";
+    std::vector<Value> params = {q.since, q.until};
+    if (!q.gpu.empty()) {
+      sql += " AND gpu = ?";
+      params.emplace_back(q.gpu);
+    }
+    if (!q.provider.empty()) {
+      sql += " AND provider = ?";
+      params.emplace_back(q.provider);
+    }
+    sql += " ORDER BY sampled_at DESC, provider DESC, gpu DESC LIMIT ?";
+    params.emplace_back(int64_t{q.limit});
+    auto rows = Many<MarketSnapshot>(sql, params, ToMarket);
+    if (rows) std::reverse(rows->begin(), rows->end());
+    return rows;
+  }
+  Result<std::vector<MarketSnapshot>> LatestMarketSnapshots(int64_t until) override {
+    return Many<MarketSnapshot>(std::string("SELECT ") + kMarketCols +
+                                    " FROM market_snapshots m WHERE m.sampled_at = (SELECT MAX(x.sampled_at) FROM "
+                                    "market_snapshots x WHERE x.provider = m.provider AND x.gpu = m.gpu AND "
+                                    "x.sampled_at <= ?) ORDER BY m.gpu, m.provider",
+                                {until}, ToMarket);
+  }
+  Result<int64_t> DeleteMarketSnapshotsBefore(int64_t cutoff) override {
+    return db_->Exec("DELETE FROM market_snapshots WHERE sampled_at < ?", {cutoff});
   }
 
   Result<std::optional<std::string>> GetMeta(const std::string& key) override {

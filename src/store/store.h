@@ -154,6 +154,27 @@ struct BlacklistEntry {
   int64_t created_at = 0;
 };
 
+// One market sample: the offers of one provider for one GPU model at one time (the market monitor,
+// src/fleet/market.h, writes one row per provider and GPU model every round). Prices are dollars per
+// GPU-hour (an offer's price divided by its GPU count).
+struct MarketSnapshot {
+  int64_t sampled_at = 0;
+  std::string provider;
+  std::string gpu;    // normalised model key (fleet::NormalizeGpuName): "RTX 4090", "A100 SXM4 80GB"
+  double vram_gb = 0;  // per GPU, the largest any offer reported
+  double min_price = 0, avg_price = 0, max_price = 0;  // on demand
+  int64_t offers = 0;
+  int64_t available_gpus = 0;  // GPUs summed over the offers
+  double avg_reliability = 0;  // 0..1, as the provider reports it
+  std::optional<double> spot_min_price;  // cheapest interruptible price; none when no offer had one
+};
+
+struct MarketQuery {
+  std::string gpu, provider;  // empty: any
+  int64_t since = 0, until = INT64_MAX;  // inclusive
+  int limit = 1000;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -251,6 +272,16 @@ class Store {
   virtual Result<std::vector<ProviderCredential>> ListCredentials(const std::string& owner) = 0;
   virtual Result<std::vector<ProviderCredential>> ListAllCredentials() = 0;
   virtual Status DeleteCredential(const std::string& owner, const std::string& provider) = 0;  // NotFound
+
+  // Market price history. Rows are keyed by (provider, gpu, sampled_at); adding a row with an existing
+  // key replaces it. All rows are written in one transaction.
+  virtual Status AddMarketSnapshots(const std::vector<MarketSnapshot>& rows) = 0;
+  // The newest `limit` rows matching q, returned oldest first (then by provider, gpu).
+  virtual Result<std::vector<MarketSnapshot>> ListMarketSnapshots(const MarketQuery& q) = 0;
+  // The newest row of every (provider, gpu) sampled at or before `until`, ordered by gpu, provider.
+  virtual Result<std::vector<MarketSnapshot>> LatestMarketSnapshots(int64_t until) = 0;
+  // Retention: deletes rows sampled before `cutoff`; returns how many.
+  virtual Result<int64_t> DeleteMarketSnapshotsBefore(int64_t cutoff) = 0;
 
   // Small key/value facts about the installation.
   virtual Result<std::optional<std::string>> GetMeta(const std::string& key) = 0;

@@ -159,6 +159,7 @@ TEST_F(VastTest, OffersSearchAndMapping) {
   EXPECT_EQ(o.cpu_cores, static_cast<int>(raw["cpu_cores_effective"].get<double>()));
   EXPECT_DOUBLE_EQ(o.disk_gb, raw["disk_space"].get<double>());
   EXPECT_DOUBLE_EQ(o.price_per_hour, raw["dph_total"].get<double>());
+  EXPECT_DOUBLE_EQ(o.spot_price_per_hour, raw["min_bid"].get<double>());
   EXPECT_DOUBLE_EQ(o.reliability, raw["reliability"].get<double>());
   EXPECT_EQ(o.location, raw["geolocation"]);
   EXPECT_DOUBLE_EQ(o.inet_down_mbps, raw["inet_down"].get<double>());
