@@ -8,6 +8,7 @@
 
 #include "provider/local.h"
 #include "provider/sim.h"
+#include "provider/gce.h"
 #include "provider/runpod.h"
 #include "provider/vast.h"
 
@@ -145,6 +146,27 @@ Result<std::unique_ptr<App>> App::Create(const Config& cfg, const Clock& clock, 
         ro.base_url = runpod_url;
         ro.api_key = creds.value("api_key", "");
         return provider::NewRunPodProvider(ro);
+      });
+  std::string gce_url = cfg.gce_base_url, gce_token = cfg.gce_token_url;
+  app->fleet_->RegisterProviderFactory(
+      "gce", {"Google Compute Engine (CPU standby)", {"service_account_json"}, {"project", "zone"}},
+      [gce_url, gce_token](const nlohmann::json& creds) -> Result<std::unique_ptr<provider::Provider>> {
+        auto key = nlohmann::json::parse(creds.value("service_account_json", ""), nullptr, false);
+        if (!key.is_object() || !key.contains("client_email") || !key.contains("private_key")) {
+          return Err(Status::InvalidField("service_account_json",
+                                          "service_account_json must be a service-account key file's JSON (with "
+                                          "client_email and private_key)"));
+        }
+        provider::GceOptions go;
+        go.base_url = gce_url;
+        if (gce_token != provider::GceOptions{}.token_url) go.token_url = gce_token;
+        go.service_account_json = creds.value("service_account_json", "");
+        go.project = creds.value("project", key.value("project_id", ""));
+        if (go.project.empty()) {
+          return Err(Status::InvalidField("project", "project is required (the key file has no project_id)"));
+        }
+        if (!creds.value("zone", "").empty()) go.zones = {creds.value("zone", "")};
+        return provider::NewGceProvider(go);
       });
   if (!cfg.runpod_api_key.empty()) {
     provider::RunPodOptions ro;

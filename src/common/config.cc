@@ -42,6 +42,8 @@ const std::vector<Binding>& Bindings() {
       {{"providers.vast.api_key", T::kString, "Vast.ai API key; enables the vast provider (secret: prefer the environment)"}, &Config::vast_api_key},
       {{"providers.runpod.base_url", T::kString, "RunPod GraphQL endpoint (an emulator's URL in tests)"}, &Config::runpod_base_url},
       {{"providers.runpod.api_key", T::kString, "RunPod API key; enables a server-wide runpod provider (secret: prefer the environment)"}, &Config::runpod_api_key},
+      {{"providers.gce.base_url", T::kString, "Compute Engine API base URL (an emulator's URL in tests)"}, &Config::gce_base_url},
+      {{"providers.gce.token_url", T::kString, "OAuth token endpoint for service-account keys (an emulator's in tests)"}, &Config::gce_token_url},
       {{"web.dir", T::kString, "directory of the built web console (default: web/dist of the source tree, when present)"}, &Config::web_dir},
       {{"public_url", T::kString, "URL agents use to reach dumontd (default: http://<listen>)"}, &Config::public_url},
       {{"fleet.heartbeat_interval_s", T::kInt, "agent heartbeat interval"}, nullptr, &Config::fleet_heartbeat_interval_s},

@@ -39,6 +39,8 @@ struct Config {
   std::string vast_api_key;  // secret: never logged or returned; set through DUMONT_PROVIDERS_VAST_API_KEY
   std::string runpod_base_url = "https://api.runpod.io/graphql";
   std::string runpod_api_key;  // secret, like vast_api_key
+  std::string gce_base_url = "https://compute.googleapis.com/compute/v1";
+  std::string gce_token_url = "https://oauth2.googleapis.com/token";
   std::string web_dir;                     // built console (web/dist); empty = beside the binary
   std::string public_url;                  // how agents reach dumontd; empty = from listen
   int64_t fleet_heartbeat_interval_s = 10;
