@@ -93,6 +93,64 @@ json WrongValue(http::JsonType t) {
   return t == http::JsonType::kString ? json(12345) : json("not-the-right-type");
 }
 
+TEST_F(Api, ProviderCredentialsAreWriteOnlySealedAndPrivate) {
+  const std::string secret = "vast-secret-0123456789abcdef";
+  auto put = server_->Call("PUT", "/api/v1/settings/providers/vast", json{{"api_key", secret}}.dump(), alice_);
+  ASSERT_EQ(put.status, 200) << put.body;
+  EXPECT_EQ(put.body.find(secret), std::string::npos) << "never returned";
+  EXPECT_EQ(Json(put)["hint"], "...cdef");
+  auto mine = server_->Call("GET", "/api/v1/settings/providers", "", alice_);
+  EXPECT_EQ(mine.body.find(secret), std::string::npos);
+  bool configured = false;
+  json mine_j = Json(mine), bobs = Json(server_->Call("GET", "/api/v1/settings/providers", "", bob_));
+  for (const auto& p : mine_j["providers"]) {
+    if (p["provider"] == "vast") configured = p["configured"];
+  }
+  EXPECT_TRUE(configured);
+  ASSERT_FALSE(bobs["providers"].empty());
+  for (const auto& p : bobs["providers"]) {
+    EXPECT_FALSE(p["configured"].get<bool>()) << "bob sees none of alice's credentials: " << p.dump();
+  }
+  // Sealed at rest: the database row holds no plaintext, and it does not open for another account.
+  std::string alice_id = Json(server_->Call("GET", "/api/v1/auth/me", "", alice_))["user"]["id"];
+  auto row = server_->app().store().GetCredential(alice_id, "vast");
+  ASSERT_TRUE(row) << alice_id << ": " << row.error().ToString();
+  EXPECT_EQ(row->sealed.find(secret), std::string::npos);
+  // Wrong fields and unknown providers are clear 400/404s.
+  ExpectError(server_->Call("PUT", "/api/v1/settings/providers/vast", R"({"api_key":""})", alice_), 400, "empty key", "api_key");
+  ExpectError(server_->Call("PUT", "/api/v1/settings/providers/vast", R"({"project":"p"})", alice_), 400, "field of another provider", "project");
+  ExpectError(server_->Call("PUT", "/api/v1/settings/providers/gce", R"({"service_account_json":"{}"})", alice_), 400,
+              "not a key file", "service_account_json");
+  ExpectError(server_->Call("PUT", "/api/v1/settings/providers/nope", R"({"api_key":"x"})", alice_), 404, "unknown provider");
+  ExpectError(server_->Call("PUT", "/api/v1/settings/providers/vast", json{{"api_key", secret}}.dump(), reader_), 403, "readonly");
+  ASSERT_EQ(server_->Call("DELETE", "/api/v1/settings/providers/vast", "", alice_).status, 200);
+  ExpectError(server_->Call("DELETE", "/api/v1/settings/providers/vast", "", alice_), 404, "already gone");
+}
+
+TEST_F(Api, DeployEventsStreamAsServerSentEvents) {
+  auto r = server_->Call("POST", "/api/v1/deploys",
+                         R"({"name":"sse","provider":"sim","strategy":{"batch_size":2,"max_batches":1,"batch_timeout_s":1}})", alice_);
+  ASSERT_EQ(r.status, 202) << r.body;
+  std::string id = Json(r)["deploy"]["id"];
+  ExpectError(server_->Call("POST", "/api/v1/deploys", R"({"name":"x","strategy":{"batch_size":99}})", alice_), 400,
+              "batch too large", "strategy.batch_size");
+  // Sim machines have no agent: the batch times out after 1 s and the deploy fails; the stream ends.
+  auto sse = server_->Call("GET", "/api/v1/deploys/" + id + "/events", "", alice_);
+  EXPECT_EQ(sse.status, 200);
+  EXPECT_EQ(sse.headers["content-type"], "text/event-stream");
+  EXPECT_NE(sse.body.find("id: 1\nevent: deploy_started\ndata: {"), std::string::npos) << sse.body;
+  EXPECT_NE(sse.body.find("event: machine_created"), std::string::npos) << sse.body;
+  EXPECT_NE(sse.body.find("event: deploy_failed"), std::string::npos) << sse.body;
+  auto j = Json(server_->Call("GET", "/api/v1/deploys/" + id + "/events?format=json&after=1", "", alice_));
+  EXPECT_EQ(j["state"], "failed");
+  EXPECT_EQ(j["events"][0]["seq"], 2);
+  ExpectError(server_->Call("GET", "/api/v1/deploys/" + id + "/events?after=-3", "", alice_), 400, "bad after", "after");
+  ExpectError(server_->Call("GET", "/api/v1/deploys/" + id + "/events", "", bob_), 404, "another user's deploy");
+  auto d = Json(server_->Call("GET", "/api/v1/deploys/" + id, "", alice_))["deploy"];
+  EXPECT_EQ(d["machines"].size(), 2u);
+  EXPECT_GT(d["total_cost_usd"].get<double>(), 0);
+}
+
 TEST_F(Api, EveryRouteRejectsAbuseAndTheServerStaysUp) {
   // Owned resources, created as alice; {id} of owned routes points at them.
   std::map<std::string, std::function<std::string()>> creators = {

@@ -2,6 +2,8 @@
 
 #include "auth/auth_service.h"
 #include "auth/crypto.h"
+#include "auth/sealer.h"
+#include <sys/stat.h>
 #include "common/random.h"
 #include "test_util.h"
 
@@ -44,6 +46,30 @@ TEST(Jwt, RoundTripAndRejections) {
   }
   // No exp.
   EXPECT_FALSE(VerifyJwt(SignJwt({{"sub", "x"}}, kKey), kKey, 1000));
+}
+
+TEST(Sealer, OpensOnlyUnalteredInItsOwnContextWithItsKey) {
+  testing::TempDir dir;
+  std::string path = dir / "credentials.key";
+  auto s = Sealer::OpenOrCreate(path);
+  ASSERT_TRUE(s);
+  struct stat st{};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u) << "the key file is private";
+  std::string sealed = s->Seal("api-key-123", "usr_a|vast");
+  EXPECT_EQ(sealed.find("api-key-123"), std::string::npos);
+  EXPECT_NE(s->Seal("api-key-123", "usr_a|vast"), sealed) << "a fresh nonce each time";
+  EXPECT_EQ(*s->Open(sealed, "usr_a|vast"), "api-key-123");
+  auto again = Sealer::OpenOrCreate(path);  // the same key after a restart
+  EXPECT_EQ(*again->Open(sealed, "usr_a|vast"), "api-key-123");
+  EXPECT_EQ(s->Open(sealed, "usr_b|vast").error().code(), Code::kCorruption) << "moved to another account";
+  std::string altered = sealed;
+  altered[altered.size() / 2] = altered[altered.size() / 2] == 'A' ? 'B' : 'A';
+  EXPECT_FALSE(s->Open(altered, "usr_a|vast"));
+  EXPECT_FALSE(Sealer::FromKey(std::string(32, 'k')).Open(sealed, "usr_a|vast")) << "another server's key";
+  EXPECT_FALSE(s->Open("not base64!", "usr_a|vast"));
+  std::ofstream(dir / "short.key") << "short";
+  EXPECT_FALSE(Sealer::OpenOrCreate(dir / "short.key")) << "a damaged key file is an error, not a new key";
 }
 
 TEST(Password, Argon2idHashesVerifyAndEmbedParameters) {

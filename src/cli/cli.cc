@@ -12,6 +12,7 @@
 #include <iostream>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <thread>
 #include <map>
 
@@ -204,6 +205,55 @@ void Print(const Globals& g, const json& j, const std::string& human) {
   }
 }
 
+std::string Money(double usd) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "$%.4f", usd);
+  return buf;
+}
+
+std::string OfferLine(const json& o) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%s (%s x%d, $%.3f/h, %s)", o.value("id", "?").c_str(), o.value("gpu", "?").c_str(),
+                o.value("num_gpus", 0), o.value("price_per_hour", 0.0), o.value("location", "").c_str());
+  return buf;
+}
+
+// One deploy event as a line of text (see GET /api/v1/deploys/{id}/events).
+std::string DeployEventLine(const json& e) {
+  const std::string type = e.value("type", "");
+  const json& d = e["data"];
+  if (type == "deploy_started") {
+    const json& s = d["request"]["strategy"];
+    return "deploy started on " + d.value("provider", "?") + " (" + d.value("reason", "") + "): " +
+           std::to_string(d.value("offers", 0)) + " offers, batches of " + std::to_string(s.value("batch_size", 0)) +
+           " x " + std::to_string(s.value("max_batches", 0)) + ", " + std::to_string(s.value("batch_timeout_s", 0)) +
+           " s each";
+  }
+  if (type == "batch_started") {
+    std::string out = "batch " + std::to_string(d.value("batch", 0)) + ":";
+    for (const auto& o : d["offers"]) out += "\n    " + OfferLine(o);
+    return out;
+  }
+  if (type == "machine_created") return "  + " + d.value("label", "") + " -> machine " + d.value("machine_id", "");
+  if (type == "machine_failed") return "  ! " + d.value("label", "") + ": " + d.value("error", "");
+  if (type == "machine_state") {
+    return "  " + d.value("label", "") + ": " + d.value("state", "") + (d.value("reachable", false) ? " (reachable)" : "");
+  }
+  if (type == "machine_destroyed") {
+    return "  - " + d.value("label", "") + " destroyed (" + d.value("reason", "") + "), billed " +
+           std::to_string(d.value("billed_seconds", 0)) + " s, " + Money(d.value("cost_usd", 0.0));
+  }
+  if (type == "deploy_succeeded") {
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "%.1f s", d.value("time_to_ready_s", 0.0));
+    return "ready: machine " + d["winner"].value("machine_id", "") + " on " + OfferLine(d["winner"]["offer"]) + " in " +
+           buf + "; " + std::to_string(d.value("machines_started", 0)) + " machine(s) started, losers cost " +
+           Money(d.value("loser_cost_usd", 0.0));
+  }
+  if (type == "deploy_failed") return "failed: " + d.value("reason", "");
+  return type;
+}
+
 std::string UserLine(const json& u) {
   return u.value("email", "?") + " (role " + u.value("role", "?") + ", id " + u.value("id", "?") + ")";
 }
@@ -258,11 +308,12 @@ int Run(int argc, char** argv) {
   i_create->add_option("--release-after", release_s, "seconds hibernated before reservations are released (default 1800)");
   i_create->add_flag("--no-hibernation", no_hib, "never hibernate automatically");
   std::map<std::string, CLI::App*> actions;
-  for (const char* a : {"show", "destroy", "pause", "resume", "hibernate", "wake", "snapshot", "events", "snapshots"}) {
+  for (const char* a : {"show", "destroy", "pause", "resume", "hibernate", "wake", "snapshot", "retry", "events", "snapshots"}) {
     std::string help = std::string(a) == "show" ? "details of one instance"
                        : std::string(a) == "events" ? "what happened, newest last"
                        : std::string(a) == "snapshots" ? "the instance's snapshots"
                        : std::string(a) == "destroy" ? "destroy the instance and its machine"
+                       : std::string(a) == "retry" ? "run the failed deploy of an instance in error again"
                                                      : std::string(a) + " the instance";
     auto* c = inst->add_subcommand(a, help);
     c->add_option("id", inst_id, "instance id")->required();
@@ -272,10 +323,69 @@ int Run(int argc, char** argv) {
   auto* i_load = inst->add_subcommand("gpu-load", "set the simulated GPU utilisation of a local machine (0..100)");
   i_load->add_option("id", inst_id, "instance id")->required();
   i_load->add_option("util", load, "utilisation percent")->required()->check(CLI::Range(0.0, 100.0));
-  for (auto* c : {i_create, actions["hibernate"], actions["wake"], actions["destroy"], actions["pause"], actions["resume"]}) {
+  for (auto* c : {i_create, actions["hibernate"], actions["wake"], actions["destroy"], actions["pause"], actions["resume"],
+                  actions["retry"]}) {
     c->add_flag("--wait", wait, "wait until the instance reaches its target state");
     c->add_option("--timeout", wait_s, "seconds to wait with --wait (default 120)");
   }
+
+  // deploy: multi-start
+  auto* dep = app.add_subcommand("deploy", "multi-start deploys: start several offers, keep the first that boots");
+  dep->require_subcommand(1);
+  std::string d_id, d_name, d_provider = "local", d_gpu, d_region, d_sort, d_offer;
+  int64_t d_num_gpus = -1, d_batch = -1, d_batches = -1, d_timeout_s = -1, d_limit = 20;
+  double d_vram = -1, d_price = -1;
+  bool d_watch = false;
+  auto* d_create = dep->add_subcommand("create", "create an instance through a multi-start deploy");
+  d_create->add_option("--name", d_name, "a name for the instance")->required();
+  d_create->add_option("--provider", d_provider, "local (default), vast, runpod, gce, or another configured provider");
+  d_create->add_option("--gpu", d_gpu, "GPU model, e.g. \"RTX 4090\" (any when absent)");
+  d_create->add_option("--num-gpus", d_num_gpus, "exactly this many GPUs");
+  d_create->add_option("--min-vram", d_vram, "GB of VRAM per GPU, at least");
+  d_create->add_option("--max-price", d_price, "$/hour, at most (your budget)");
+  d_create->add_option("--region", d_region, "location contains, e.g. US");
+  d_create->add_option("--sort", d_sort, "which offers first: price (default) | reliability | value");
+  d_create->add_option("--offer", d_offer, "start only this offer (no multi-start)");
+  d_create->add_option("--batch-size", d_batch, "machines started at once (default 5)");
+  d_create->add_option("--max-batches", d_batches, "batches before giving up (default 3)");
+  d_create->add_option("--batch-timeout", d_timeout_s, "seconds before the next batch starts (default 90)");
+  d_create->add_option("--idle-seconds", idle_s, "hibernate after this long idle (default 180)");
+  d_create->add_flag("--no-hibernation", no_hib, "never hibernate automatically");
+  d_create->add_flag("--watch", d_watch, "follow the deploy until a machine wins or it fails");
+  auto* d_list = dep->add_subcommand("list", "your deploys, newest first");
+  d_list->add_option("--limit", d_limit, "at most this many (default 20)");
+  auto* d_show = dep->add_subcommand("show", "one deploy: every machine started, the winner, the cost");
+  d_show->add_option("id", d_id, "deploy id")->required();
+  auto* d_watch_cmd = dep->add_subcommand("watch", "follow a deploy's progress until it ends");
+  d_watch_cmd->add_option("id", d_id, "deploy id")->required();
+  for (auto* c : {d_create, d_watch_cmd}) c->add_option("--timeout", wait_s, "seconds to follow (default 120)");
+
+  // offers
+  auto* offers = app.add_subcommand("offers", "machines you could rent now, across every configured provider");
+  std::string o_gpu, o_region, o_provider, o_sort = "price";
+  double o_vram = -1, o_price = -1;
+  int64_t o_num = -1, o_limit = 20;
+  offers->add_option("--gpu", o_gpu, "GPU model");
+  offers->add_option("--num-gpus", o_num, "exactly this many GPUs");
+  offers->add_option("--min-vram", o_vram, "GB per GPU, at least");
+  offers->add_option("--max-price", o_price, "$/hour, at most");
+  offers->add_option("--region", o_region, "location contains");
+  offers->add_option("--provider", o_provider, "only this provider");
+  offers->add_option("--sort", o_sort, "price (default) | reliability | value");
+  offers->add_option("--limit", o_limit, "show at most this many (default 20)");
+
+  // provider credentials
+  auto* creds = app.add_subcommand("credentials", "your provider credentials (stored encrypted; never shown again)");
+  creds->require_subcommand(1);
+  std::string c_provider;
+  std::vector<std::string> c_fields;
+  auto* c_list = creds->add_subcommand("list", "which providers take credentials and which you saved");
+  auto* c_set = creds->add_subcommand(
+      "set", "save credentials: FIELD=VALUE, FIELD=@FILE (read a file) or FIELD=- (read stdin; keeps secrets out of ps)");
+  c_set->add_option("provider", c_provider, "vast | runpod | gce")->required();
+  c_set->add_option("fields", c_fields, "e.g. api_key=- or service_account_json=@key.json project=my-proj")->required();
+  auto* c_del = creds->add_subcommand("delete", "forget your credentials for a provider");
+  c_del->add_option("provider", c_provider, "provider")->required();
 
   SnapshotArgs* snapshot_args = AddSnapshotCommands(app);
 
@@ -443,13 +553,196 @@ int Run(int argc, char** argv) {
         Print(g, {{"instance", j}}, "destroying " + inst_id + (wait ? ": destroyed" : ""));
         return kOk;
       }
-      for (const char* a : {"pause", "resume", "hibernate", "wake", "snapshot"}) {
+      for (const char* a : {"pause", "resume", "hibernate", "wake", "snapshot", "retry"}) {
         if (!*actions[a]) continue;
         json j = api.Call("POST", "/api/v1/instances/" + inst_id + "/" + a, nullptr, true)["instance"];
         static const std::map<std::string, std::set<std::string>> kTargets = {
-            {"pause", {"paused"}}, {"resume", {"running"}}, {"hibernate", {"hibernated"}}, {"wake", {"running"}}};
+            {"pause", {"paused"}}, {"resume", {"running"}}, {"hibernate", {"hibernated"}}, {"wake", {"running"}},
+            {"retry", {"running"}}};
         if (wait && kTargets.count(a)) j = wait_for(inst_id, kTargets.at(a));
         Print(g, {{"instance", j}}, std::string(a) + ": " + inst_id + " is " + j.value("state", ""));
+        return kOk;
+      }
+    }
+    if (*dep) {
+      auto watch = [&](const std::string& id) -> int {
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait_s);
+        int64_t after = 0;
+        for (;;) {
+          json j = api.Call("GET", "/api/v1/deploys/" + id + "/events?format=json&after=" + std::to_string(after), nullptr, true);
+          bool done = false;
+          for (const auto& e : j["events"]) {
+            after = e.value("seq", after);
+            if (g.json_out) {
+              std::printf("%s\n", e.dump().c_str());
+            } else {
+              std::printf("%s\n", DeployEventLine(e).c_str());
+            }
+            std::fflush(stdout);
+            done = done || e["type"] == "deploy_succeeded" || e["type"] == "deploy_failed";
+          }
+          if (done) break;
+          if (std::chrono::steady_clock::now() > deadline) {
+            throw Failure{kServerError, "stopped following after " + std::to_string(wait_s) +
+                                            " s; the deploy goes on (dumont deploy watch " + id + ")", "timeout"};
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        }
+        json d = api.Call("GET", "/api/v1/deploys/" + id, nullptr, true)["deploy"];
+        if (g.json_out) std::printf("%s\n", json({{"deploy", d}}).dump().c_str());
+        return d.value("state", "") == "succeeded" ? kOk : kServerError;
+      };
+      if (*d_create) {
+        json body = {{"name", d_name}, {"provider", d_provider}};
+        json req = json::object(), strat = json::object();
+        if (!d_gpu.empty()) req["gpu"] = d_gpu;
+        if (d_num_gpus >= 0) req["num_gpus"] = d_num_gpus;
+        if (d_vram >= 0) req["min_vram_gb"] = d_vram;
+        if (d_price >= 0) req["max_price"] = d_price;
+        if (!d_region.empty()) req["region"] = d_region;
+        if (!d_sort.empty()) req["sort"] = d_sort;
+        if (d_batch >= 0) strat["batch_size"] = d_batch;
+        if (d_batches >= 0) strat["max_batches"] = d_batches;
+        if (d_timeout_s >= 0) strat["batch_timeout_s"] = d_timeout_s;
+        if (!req.empty()) body["requirements"] = req;
+        if (!strat.empty()) body["strategy"] = strat;
+        if (!d_offer.empty()) body["offer_id"] = d_offer;
+        json h = json::object();
+        if (no_hib) h["enabled"] = false;
+        if (idle_s >= 0) h["idle_seconds"] = idle_s;
+        if (!h.empty()) body["hibernation"] = h;
+        json d = api.Call("POST", "/api/v1/deploys", body, true)["deploy"];
+        if (!d_watch) {
+          Print(g, {{"deploy", d}}, "deploy " + d.value("id", "") + " started for instance " + d.value("instance_id", "") +
+                                        "; follow it with: dumont deploy watch " + d.value("id", ""));
+          return kOk;
+        }
+        if (!g.json_out) std::printf("deploy %s (instance %s)\n", d.value("id", "").c_str(), d.value("instance_id", "").c_str());
+        return watch(d["id"]);
+      }
+      if (*d_watch_cmd) return watch(d_id);
+      if (*d_list) {
+        json j = api.Call("GET", "/api/v1/deploys?limit=" + std::to_string(d_limit), nullptr, true);
+        std::string human = "ID                         INSTANCE                   REASON   STATE      MACHINES  COST";
+        for (const auto& d : j["deploys"]) {
+          char buf[256];
+          std::snprintf(buf, sizeof buf, "\n%-26s %-26s %-8s %-10s %8zu  %s", d.value("id", "").c_str(),
+                        d.value("instance_id", "").c_str(), d.value("reason", "").c_str(), d.value("state", "").c_str(),
+                        d["machines"].size(), Money(d.value("total_cost_usd", 0.0)).c_str());
+          human += buf;
+        }
+        if (j["deploys"].empty()) human += "\n(no deploys; start one with: dumont deploy create --name NAME --watch)";
+        Print(g, j, human);
+        return kOk;
+      }
+      if (*d_show) {
+        json j = api.Call("GET", "/api/v1/deploys/" + d_id, nullptr, true);
+        const json& d = j["deploy"];
+        std::string human = d.value("id", "") + "  " + d.value("state", "") + "  (" + d.value("reason", "") + " of " +
+                            d.value("instance_id", "") + " on " + d.value("provider", "") + ")";
+        if (!d.value("message", "").empty()) human += "\n  " + d.value("message", "");
+        for (const auto& m : d["machines"]) {
+          human += "\n  batch " + std::to_string(m.value("batch", 0)) + "  " + m.value("label", "") + "  " +
+                   OfferLine(m["offer"]) + "  " + m.value("state", "") +
+                   (m["end"].is_string() ? " -> " + m["end"].get<std::string>() : "") + "  " +
+                   std::to_string(m.value("billed_seconds", 0)) + " s " + Money(m.value("cost_usd", 0.0));
+        }
+        human += "\n  losers cost " + Money(d.value("loser_cost_usd", 0.0)) + ", total " + Money(d.value("total_cost_usd", 0.0));
+        Print(g, j, human);
+        return kOk;
+      }
+    }
+    if (*offers) {
+      std::string q = "?sort=" + o_sort;
+      auto add = [&](const char* k, const std::string& v) {
+        if (v.empty()) return;
+        q += std::string("&") + k + "=";
+        for (unsigned char ch : v) {
+          if (std::isalnum(ch) || ch == '-' || ch == '.' || ch == '_') {
+            q += static_cast<char>(ch);
+          } else {
+            char hex[4];
+            std::snprintf(hex, sizeof hex, "%%%02X", ch);
+            q += hex;
+          }
+        }
+      };
+      add("gpu", o_gpu);
+      add("region", o_region);
+      add("provider", o_provider);
+      if (o_num >= 0) add("num_gpus", std::to_string(o_num));
+      if (o_vram >= 0) add("min_vram", std::to_string(o_vram));
+      if (o_price >= 0) add("max_price", std::to_string(o_price));
+      json j = api.Call("GET", "/api/v1/instances/offers" + q, nullptr, true);
+      std::string human = "PROVIDER  OFFER                          GPU               N  VRAM   $/H    RELIAB  OURS   LOCATION";
+      int shown = 0;
+      for (const auto& o : j["offers"]) {
+        if (shown++ >= o_limit) break;
+        char buf[320];
+        std::string ours = o["history"].is_object() && o["history"].value("attempts", 0) > 0
+                               ? std::to_string(static_cast<int>(o["history"].value("success_rate", 0.0) * 100)) + "%"
+                               : "-";
+        if (o.value("blacklisted", false)) ours = "BLKLST";
+        std::snprintf(buf, sizeof buf, "\n%-9s %-30s %-17s %d %5.0f  %6.3f  %5.2f   %-6s %s", o.value("provider", "").c_str(),
+                      o.value("id", "").substr(0, 30).c_str(), o.value("gpu_name", "").substr(0, 17).c_str(),
+                      o.value("num_gpus", 0), o.value("gpu_ram_gb", 0.0), o.value("price_per_hour", 0.0),
+                      o.value("reliability", 0.0), ours.c_str(), o.value("location", "").c_str());
+        human += buf;
+      }
+      if (j["offers"].empty()) human += "\n(no offer matches; relax the filters)";
+      Print(g, j, human);
+      return kOk;
+    }
+    if (*creds) {
+      if (*c_list) {
+        json j = api.Call("GET", "/api/v1/settings/providers", nullptr, true);
+        std::string human;
+        for (const auto& p : j["providers"]) {
+          std::string fields;
+          for (const auto& f : p["fields"]) {
+            fields += (fields.empty() ? "" : ", ") + f.value("name", "") + (f.value("required", false) ? "" : " (optional)");
+          }
+          human += p.value("provider", "") + ": " +
+                   (p.value("configured", false) ? "saved " + p.value("hint", "") : std::string("not saved")) +
+                   (p.value("server_default", false) ? " (the server also has a shared key)" : "") + "\n  fields: " +
+                   fields + "\n";
+        }
+        if (!human.empty()) human.pop_back();
+        Print(g, j, human);
+        return kOk;
+      }
+      if (*c_set) {
+        json body = json::object();
+        bool stdin_used = false;
+        for (const auto& f : c_fields) {
+          auto eq = f.find('=');
+          if (eq == std::string::npos || eq == 0) {
+            throw Failure{kUsage, "expected FIELD=VALUE, FIELD=@FILE or FIELD=-, got '" + f.substr(0, 40) + "'", "usage"};
+          }
+          std::string k = f.substr(0, eq), v = f.substr(eq + 1);
+          if (v == "-") {
+            if (stdin_used) throw Failure{kUsage, "only one field can be read from stdin", "usage"};
+            stdin_used = true;
+            std::stringstream ss;
+            ss << std::cin.rdbuf();
+            v = ss.str();
+            while (!v.empty() && (v.back() == '\n' || v.back() == '\r')) v.pop_back();
+          } else if (!v.empty() && v[0] == '@') {
+            std::ifstream in(v.substr(1));
+            if (!in) throw Failure{kUsage, "cannot read " + v.substr(1), "usage"};
+            std::stringstream ss;
+            ss << in.rdbuf();
+            v = ss.str();
+          }
+          body[k] = v;
+        }
+        json j = api.Call("PUT", "/api/v1/settings/providers/" + c_provider, body, true);
+        Print(g, j, "saved your " + c_provider + " credentials (" + j.value("hint", "") + "); they are never shown again");
+        return kOk;
+      }
+      if (*c_del) {
+        json j = api.Call("DELETE", "/api/v1/settings/providers/" + c_provider, nullptr, true);
+        Print(g, j, "forgot your " + c_provider + " credentials");
         return kOk;
       }
     }

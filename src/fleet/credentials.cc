@@ -44,8 +44,9 @@ Result<std::shared_ptr<provider::Provider>> Fleet::ProviderFor(const std::string
   }
   if (auto it = providers_.find(name); it != providers_.end()) return it->second;
   if (factories_.count(name)) {
-    return Err(Status::FailedPrecondition("no " + factories_[name].spec.title + " credentials: save them in Settings "
-                                          "(PUT /api/v1/settings/providers/" + name + ")"));
+    return Err(Status::FailedPrecondition("no " + factories_[name].spec.title + " credentials: save them in Settings, "
+                                          "with `dumont credentials set " + name + " ...`, or PUT "
+                                          "/api/v1/settings/providers/" + name));
   }
   std::string names;
   for (const auto& [n, _] : providers_) names += (names.empty() ? "" : ", ") + n;
