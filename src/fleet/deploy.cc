@@ -175,7 +175,9 @@ struct Fleet::ActiveDeploy {
   std::unique_ptr<MultiStartDeploy> engine;
   std::map<std::string, Probe> probes;          // label -> what we last saw
   std::map<std::string, std::string> announced;  // label -> last state reported in an event
-  std::set<int64_t> beats;                       // attempts whose agent has sent a heartbeat
+  // Guarded by Fleet::deploys_mu_ (heartbeats touch them without the instance lock):
+  std::set<int64_t> live_attempts;  // attempts of the machines still in the race
+  std::set<int64_t> beats;          // attempts whose agent has sent a heartbeat
   int batches_announced = 0;
 
   json MachinesJson() const {
@@ -297,20 +299,11 @@ Status Fleet::BeginDeploy(Instance& i, const std::shared_ptr<provider::Provider>
 }
 
 bool Fleet::NoteDeployBeat(const std::string& instance_id, int64_t attempt) {
-  std::shared_ptr<ActiveDeploy> d;
-  {
-    std::lock_guard l(deploys_mu_);
-    auto it = active_.find(instance_id);
-    if (it == active_.end()) return false;
-    d = it->second;
-  }
-  for (const auto& m : d->engine->machines()) {
-    if (m.alive() && AttemptOf(m.label) == attempt) {
-      d->beats.insert(attempt);
-      return true;
-    }
-  }
-  return false;
+  std::lock_guard l(deploys_mu_);
+  auto it = active_.find(instance_id);
+  if (it == active_.end() || !it->second->live_attempts.count(attempt)) return false;
+  it->second->beats.insert(attempt);
+  return true;
 }
 
 Status Fleet::DeployStep(Instance& i, const std::shared_ptr<provider::Provider>& p) {
@@ -327,6 +320,11 @@ Status Fleet::DeployStep(Instance& i, const std::shared_ptr<provider::Provider>&
   }
   provider::Provider& prov = *d->p;
   bool ssh = prov.Capabilities()["ssh"].supported;
+  std::set<int64_t> beats;
+  {
+    std::lock_guard l(deploys_mu_);
+    beats = d->beats;
+  }
 
   // Observe every live machine: provider state, then reachability (agent heartbeat or SSH banner).
   for (const auto& m : d->engine->machines()) {
@@ -337,7 +335,7 @@ Status Fleet::DeployStep(Instance& i, const std::shared_ptr<provider::Provider>&
     if (got) {
       pr.state = got->state;
       if (!pr.reachable && pr.state == MachineState::kRunning) {
-        pr.reachable = d->beats.count(AttemptOf(m.label)) > 0 ||
+        pr.reachable = beats.count(AttemptOf(m.label)) > 0 ||
                        (ssh && SshBannerSeen(got->ssh_host, got->ssh_port, 1500));
       }
     } else if (got.error().code() == Code::kNotFound) {
@@ -357,6 +355,15 @@ Status Fleet::DeployStep(Instance& i, const std::shared_ptr<provider::Provider>&
   int64_t now_ms = clock_.NowUnixMillis();
   int64_t now_s = clock_.NowUnix();
   Decision dec = d->engine->Step(now_ms, ProbeView(d->probes));
+  // Before any create: an agent may heartbeat before its Create call even returns.
+  {
+    std::lock_guard l(deploys_mu_);
+    d->live_attempts.clear();
+    for (const auto& m : d->engine->machines()) {
+      if (m.alive() || m.end == EndReason::kWinner) d->live_attempts.insert(AttemptOf(m.label));
+    }
+  }
+
 
   // Destroy first and in parallel: every second a loser lives is billed.
   std::vector<std::future<Status>> destroys;

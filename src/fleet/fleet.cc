@@ -429,16 +429,16 @@ Result<json> Fleet::Heartbeat(const std::string& agent_token, const json& body) 
   if (claimed != tok->instance_id) {
     return Err(Status::PermissionDenied("this agent token belongs to another machine; it cannot report for " + claimed));
   }
+  if (NoteDeployBeat(tok->instance_id, tok->attempt)) {
+    // A machine of a running multi-start deploy: its first heartbeat makes it reachable. It gets no
+    // commands until (unless) it wins. No instance lock here: a deploy step may hold it for as long
+    // as its provider's create calls take, and heartbeats must never wait for that.
+    queue_.Add(tok->instance_id);
+    return json{{"commands", json::array()}, {"heartbeat_interval_s", opts_.heartbeat_interval_s}, {"next_heartbeat_s", 1}};
+  }
   std::lock_guard lock(LockFor(tok->instance_id));
   auto i = store_.GetInstance(tok->instance_id);
   if (!i) return Err(i.error());
-  if (i->machine_id.empty() && (i->state == "provisioning" || i->state == "waking") &&
-      NoteDeployBeat(i->id, tok->attempt)) {
-    // A machine of a running multi-start deploy: its first heartbeat makes it reachable. It gets no
-    // commands until (unless) it wins.
-    queue_.Add(i->id);
-    return json{{"commands", json::array()}, {"heartbeat_interval_s", opts_.heartbeat_interval_s}, {"next_heartbeat_s", 1}};
-  }
   if (tok->attempt != i->attempt) {
     return Err(Status::PermissionDenied("this agent belongs to a replaced machine (attempt " +
                                         std::to_string(tok->attempt) + ", current " + std::to_string(i->attempt) + ")"));
