@@ -183,6 +183,93 @@ TEST_P(StoreConformance, AMigrationMissingBelowTheNewestIsStillApplied) {
   EXPECT_EQ(static_cast<size_t>(n->at(0).Int(0)), Migrations().size());
 }
 
+TEST_P(StoreConformance, DeploysEventsAndMachineAttempts) {
+  Deploy d;
+  d.id = "dep_1";
+  d.owner = "usr_a";
+  d.instance_id = "ins_1";
+  d.reason = "create";
+  d.provider = "vast";
+  d.request_json = R"({"strategy":{"batch_size":5}})";
+  d.created_ms = 1000;
+  ASSERT_TRUE(store_->CreateDeploy(d).ok());
+  Deploy older = d;
+  older.id = "dep_0";
+  older.state = "failed";
+  older.created_ms = 500;
+  older.finished_ms = 600;
+  ASSERT_TRUE(store_->CreateDeploy(older).ok());
+  EXPECT_EQ(store_->CreateDeploy(d).code(), Code::kAlreadyExists);
+  auto open = store_->OpenDeployOf("ins_1");
+  ASSERT_TRUE(open && *open);
+  EXPECT_EQ((*open)->id, "dep_1") << "failed deploys are not open";
+  // Events get 1, 2, 3 per deploy.
+  EXPECT_EQ(*store_->AddDeployEvent("dep_1", 1001, "deploy_started", "{}"), 1);
+  EXPECT_EQ(*store_->AddDeployEvent("dep_1", 1002, "batch_started", R"({"batch":1,"note":"it's \"quoted\""})"), 2);
+  EXPECT_EQ(*store_->AddDeployEvent("dep_0", 601, "deploy_failed", "{}"), 1);
+  EXPECT_EQ(*store_->AddDeployEvent("dep_1", 1003, "deploy_succeeded", "{}"), 3);
+  Reopen();
+  auto after1 = store_->ListDeployEvents("dep_1", 1, 10);
+  ASSERT_TRUE(after1);
+  ASSERT_EQ(after1->size(), 2u);
+  EXPECT_EQ((*after1)[0].seq, 2);
+  EXPECT_EQ((*after1)[0].data_json, R"({"batch":1,"note":"it's \"quoted\""})");
+  EXPECT_EQ((*after1)[1].type, "deploy_succeeded");
+  EXPECT_EQ(store_->ListDeployEvents("dep_1", 0, 1)->size(), 1u) << "limit";
+
+  d.state = "succeeded";
+  d.winner_machine_id = "m2";
+  d.loser_cost_usd = 0.25;
+  d.total_cost_usd = 0.5;
+  d.machines_json = R"([{"label":"dc-ins_1-1"}])";
+  d.finished_ms = 2000;
+  ASSERT_TRUE(store_->UpdateDeploy(d).ok());
+  auto got = store_->GetDeployOwned("dep_1", "usr_a");
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->state, "succeeded");
+  EXPECT_EQ(got->winner_machine_id, "m2");
+  EXPECT_DOUBLE_EQ(got->loser_cost_usd, 0.25);
+  EXPECT_EQ(*got->finished_ms, 2000);
+  EXPECT_EQ(got->request_json, d.request_json);
+  EXPECT_EQ(store_->GetDeployOwned("dep_1", "usr_b").error().code(), Code::kNotFound);
+  EXPECT_FALSE(*store_->OpenDeployOf("ins_1"));
+  auto list = store_->ListDeploys("usr_a", 10);
+  ASSERT_EQ(list->size(), 2u);
+  EXPECT_EQ(list->front().id, "dep_1") << "newest first";
+  EXPECT_TRUE(store_->ListDeploys("usr_b", 10)->empty());
+
+  // Per-machine outcomes.
+  ASSERT_TRUE(store_->AddAttempt({"att_1", "usr_a", "ins_1", "vast", "o1", "o1", "m1", 10, std::nullopt, std::nullopt, "pending", ""}).ok());
+  ASSERT_TRUE(store_->AddAttempt({"att_2", "usr_a", "ins_1", "vast", "o2", "o2", "m2", 10, std::nullopt, std::nullopt, "pending", ""}).ok());
+  ASSERT_TRUE(store_->FinishMachineAttempt("vast", "m1", "cancelled", "lost the race", 20).ok());
+  ASSERT_TRUE(store_->FinishMachineAttempt("vast", "m2", "ready", "", 21).ok());
+  ASSERT_TRUE(store_->FinishMachineAttempt("vast", "m2", "failed", "late", 30).ok()) << "no-op once finished";
+  auto a1 = store_->ListAttempts("vast", "o1");
+  EXPECT_EQ(a1->at(0).outcome, "cancelled");
+  EXPECT_EQ(a1->at(0).failure_reason, "lost the race");
+  auto a2 = store_->ListAttempts("vast", "o2");
+  EXPECT_EQ(a2->at(0).outcome, "ready");
+  EXPECT_EQ(*a2->at(0).ready_at, 21);
+}
+
+TEST_P(StoreConformance, CredentialsArePerOwnerAndProvider) {
+  ASSERT_TRUE(store_->PutCredential({"usr_a", "vast", "sealed-1", "...abcd", 10}).ok());
+  ASSERT_TRUE(store_->PutCredential({"usr_a", "runpod", "sealed-2", "...efgh", 11}).ok());
+  ASSERT_TRUE(store_->PutCredential({"usr_b", "vast", "sealed-3", "...ijkl", 12}).ok());
+  ASSERT_TRUE(store_->PutCredential({"usr_a", "vast", "sealed-4", "...mnop", 13}).ok()) << "replaces";
+  Reopen();
+  EXPECT_EQ(store_->GetCredential("usr_a", "vast")->sealed, "sealed-4");
+  EXPECT_EQ(store_->GetCredential("usr_b", "vast")->sealed, "sealed-3");
+  EXPECT_EQ(store_->GetCredential("usr_b", "runpod").error().code(), Code::kNotFound);
+  auto mine = store_->ListCredentials("usr_a");
+  ASSERT_EQ(mine->size(), 2u);
+  EXPECT_EQ(mine->front().provider, "runpod");
+  EXPECT_EQ(store_->ListAllCredentials()->size(), 3u);
+  ASSERT_TRUE(store_->DeleteCredential("usr_a", "vast").ok());
+  EXPECT_EQ(store_->DeleteCredential("usr_a", "vast").code(), Code::kNotFound);
+  EXPECT_EQ(store_->ListCredentials("usr_a")->size(), 1u);
+}
+
 MarketSnapshot Sample(int64_t t, const std::string& provider, const std::string& gpu, double min,
                       std::optional<double> spot = std::nullopt) {
   return MarketSnapshot{t, provider, gpu, 24, min, min * 1.5, min * 2, 3, 5, 0.97, spot};
