@@ -614,12 +614,28 @@ Status Fleet::ReconcileLocked(Instance& i) {
       cmd = nullptr;
     }
     auto m = p->Get(i.machine_id);
-    if (!m && m.error().code() == Code::kNotFound) {
-      DUMONT_RETURN_STATUS_IF_ERROR(Record(i, "machine_lost", i.machine_id + " disappeared (interrupted?)"));
+    // Gone, failed, or stopped without our asking (a spot machine outbid or preempted): replace it,
+    // from the last snapshot when there is one. Pausing is the only stop we order from here.
+    bool gone = !m && m.error().code() == Code::kNotFound;
+    bool interrupted = m && (m->state == provider::MachineState::kFailed ||
+                             m->state == provider::MachineState::kTerminated ||
+                             m->state == provider::MachineState::kStopped);
+    if (gone || interrupted) {
+      std::string what = gone ? " disappeared (interrupted?)"
+                              : " is " + std::string(provider::MachineStateName(m->state)) + " (interrupted by the provider)";
+      DUMONT_RETURN_STATUS_IF_ERROR(Record(i, "machine_lost", i.machine_id + what));
+      if (interrupted) DUMONT_RETURN_STATUS_IF_ERROR(p->Destroy(i.machine_id));  // a stopped spot machine still bills storage
+      DUMONT_RETURN_STATUS_IF_ERROR(store_.RevokeAgentTokens(i.id, now_s));
+      ForgetTokens(i.id);
+      {
+        std::lock_guard tl(telemetry_mu_);
+        telemetry_.erase(i.id);
+      }
       i.machine_id.clear();
       i.machine_json = "{}";
       i.command_json.clear();
-      return SetState(i, i.last_snapshot.empty() ? "provisioning" : "waking", "replacing a lost machine");
+      return SetState(i, i.last_snapshot.empty() ? "provisioning" : "waking",
+                      "replacing a lost machine" + std::string(i.last_snapshot.empty() ? "" : " from the last snapshot"));
     }
     if (i.desired == "running") {
       auto d = DecideIdle(i.hib_enabled, i.idle_seconds, TelemetryOf(i.id), now_ms, StaleMs());

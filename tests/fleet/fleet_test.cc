@@ -544,6 +544,40 @@ TEST_F(FleetTest, OneSuccessInFourAttemptsIsBlacklistedAndSkippedByTheNextDeploy
   EXPECT_TRUE(MachinesOf(c->id, "switch").empty());
 }
 
+TEST_F(FleetTest, AnInterruptedSpotMachineIsReplacedFromTheLastSnapshot) {
+  auto a = fleet_->Create("usr_a", {{"name", "spot"}, {"provider", "sim"}});
+  std::string agent = BringUp(a->id);
+  Beat(agent, a->id, 80);
+  ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  ASSERT_EQ(Load(a->id).state, "running");
+  // A manual snapshot commits, then the provider stops the machine behind our back (outbid).
+  ASSERT_TRUE(fleet_->Action("usr_a", a->id, "snapshot"));
+  json resp = Beat(agent, a->id, 80);
+  ASSERT_EQ(resp["commands"].size(), 1u);
+  Beat(agent, a->id, 80, json::array({{{"id", resp["commands"][0]["id"]}, {"ok", true}, {"snapshot_id", std::string(64, 'b')}}}));
+  ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  std::string old = Load(a->id).machine_id;
+  ASSERT_TRUE(fleet_->FindProvider("sim")->Stop(old).ok());
+  ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  auto i = Load(a->id);
+  EXPECT_EQ(i.state, "waking");
+  EXPECT_TRUE(i.machine_id.empty());
+  EXPECT_FALSE(fleet_->FindProvider("sim")->Get(old)) << "the stopped machine is destroyed, not left billing";
+  EXPECT_FALSE(fleet_->Heartbeat(agent, {{"instance_id", a->id}})) << "the old agent is refused";
+  // A new deploy brings a machine up; it is told to restore the snapshot.
+  std::string agent2 = BringUp(a->id);
+  clock_.Advance(1s);
+  Beat(agent2, a->id, 0);
+  ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  resp = Beat(agent2, a->id, 0);
+  ASSERT_EQ(resp["commands"].size(), 1u);
+  EXPECT_EQ(resp["commands"][0]["type"], "restore");
+  EXPECT_EQ(resp["commands"][0]["snapshot"], std::string(64, 'b'));
+  auto deploys = store_->ListDeploys("usr_a", 10);
+  ASSERT_EQ(deploys->size(), 2u);
+  EXPECT_EQ(deploys->front().reason, "wake");
+}
+
 TEST_F(FleetTest, DeployRequestsAreValidatedWithFieldNames) {
   auto bad = fleet_->StartDeploy("usr_a", {{"name", "x"}, {"provider", "sim"}, {"strategy", {{"batch_size", 0}}}});
   EXPECT_EQ(*bad.error().field(), "strategy.batch_size");
