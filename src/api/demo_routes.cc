@@ -14,6 +14,7 @@
 #include <map>
 #include <mutex>
 #include <numbers>
+#include <set>
 
 #include "api/app.h"
 #include "common/random.h"
@@ -126,6 +127,7 @@ struct DemoState {
   bool market_checked = false;
   std::map<std::string, std::deque<int64_t>> recent;  // client address -> session times in the last hour
   int64_t last_sweep = 0;
+  std::set<std::string> ended;  // demo accounts already ended by this process
 };
 
 }  // namespace
@@ -134,8 +136,13 @@ void App::RegisterDemoRoutes() {
   auto st = std::make_shared<DemoState>();
   const int64_t ttl = cfg_.demo_session_ttl_s;
 
-  // Ends a demo account: revokes its sessions and destroys its machines (billing and processes stop).
-  auto expire = [this](const std::string& user_id) {
+  // Ends a demo account once: revokes its sessions and destroys its machines (billing and processes stop).
+  DemoState* state = st.get();  // st outlives every caller: the route handler and the authenticator hold it
+  auto expire = [this, state](const std::string& user_id) {
+    {
+      std::lock_guard l(state->mu);
+      if (!state->ended.insert(user_id).second) return;
+    }
     int64_t now = clock_.NowUnix();
     (void)store_->RevokeUserSessions(user_id, "demo session ended", now);
     auto list = fleet_->List(user_id);
@@ -196,7 +203,7 @@ void App::RegisterDemoRoutes() {
             auto users = store_->ListUsers();
             if (users) {
               for (const auto& u : *users) {
-                if (IsDemoEmail(u.email) && u.created_at + ttl <= now) to_expire.push_back(u.id);
+                if (IsDemoEmail(u.email) && u.created_at + ttl <= now && !st->ended.count(u.id)) to_expire.push_back(u.id);
               }
             }
           }
