@@ -221,6 +221,7 @@ export function mergeDeployRecord(state, deploy) {
       state: m.state,
       reachable: m.reachable,
       end: m.end ?? next.machines[m.label]?.end,
+      destroyed: next.machines[m.label]?.destroyed || (m.alive === false && m.end !== 'winner' && m.end != null),
       billed_seconds: m.billed_seconds,
       cost_usd: m.cost_usd,
       winner: deploy.winner_machine_id ? m.machine_id === deploy.winner_machine_id : next.machines[m.label]?.winner,

@@ -198,7 +198,7 @@ export function DeployProgress({ api, deploy, name, onClose, onOpenMachines, onF
                   </td>
                   <td>{m.batch ?? '—'}</td>
                   <td>
-                    <StateBadge state={machineBadge(m.state)} label={m.state || '—'} />
+                    {m.destroyed ? <StateBadge state="destroyed" /> : <StateBadge state={machineBadge(m.state)} label={m.state || '—'} />}
                   </td>
                   <td>{m.reachable ? 'yes' : 'no'}</td>
                   <td>

@@ -31,7 +31,7 @@ describe('DeployProgress', () => {
     expect(within(section).getByTestId('deploy-failure').textContent).toMatch(/no machine became ready in 1 batch.*Retry/);
     const rows = within(section).getAllByTestId('race-row');
     expect(rows.map((r) => r.dataset.label)).toEqual(['dc-i-1', 'dc-i-2']);
-    expect(rows[0].textContent).toMatch(/sim-0.*batch timed out, destroyed.*\$0\.0015/);
+    expect(rows[0].textContent).toMatch(/sim-0.*destroyed.*batch timed out, destroyed.*\$0\.0015/);
     expect(rows[1].textContent).toMatch(/could not be created/);
     expect(within(section).getAllByTestId('deploy-event').map((e) => e.dataset.type)).toEqual(EVENTS.map((e) => e.type));
   });
