@@ -3,6 +3,7 @@ BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 DATA_DIR ?= ./dumont-data
 LISTEN ?= 127.0.0.1:8765
+DEMO ?= true
 
 .PHONY: all setup configure build test run clean format web
 
@@ -24,7 +25,7 @@ test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 600
 
 run: build web
-	$(BUILD_DIR)/bin/dumontd --data-dir $(DATA_DIR) --listen $(LISTEN)
+	$(BUILD_DIR)/bin/dumontd --data-dir $(DATA_DIR) --listen $(LISTEN) --set demo.enabled=$(DEMO)
 
 # The web console: static files built with Vite into web/dist (Node is needed to build, not to run).
 web: setup

@@ -202,6 +202,7 @@ void App::RegisterRoutes() {
   RegisterDeployRoutes();
   RegisterSettingsRoutes();
   RegisterMarketRoutes();
+  RegisterDemoRoutes();
 }
 
 void App::Start(const std::string& public_url) {

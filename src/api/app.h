@@ -42,6 +42,7 @@ class App {
   void RegisterDeployRoutes();
   void RegisterSettingsRoutes();
   void RegisterMarketRoutes();
+  void RegisterDemoRoutes();  // demo_routes.cc
   void SetupWebConsole();
 
   Config cfg_;

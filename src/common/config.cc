@@ -53,6 +53,9 @@ const std::vector<Binding>& Bindings() {
       {{"market.enabled", T::kBool, "sample every provider's offers into the market price history (docs/market.md)"}, nullptr, nullptr, &Config::market_enabled},
       {{"market.interval_s", T::kInt, "seconds between market samples"}, nullptr, &Config::market_interval_s},
       {{"market.retention_days", T::kInt, "market samples older than this many days are deleted"}, nullptr, &Config::market_retention_days},
+      {{"demo.enabled", T::kBool, "demo mode: /demo-app/ and POST /api/v1/demo/session give visitors a short-lived account of their own (docs/demo.md)"}, nullptr, nullptr, &Config::demo_enabled},
+      {{"demo.session_ttl_s", T::kInt, "lifetime of a demo account and its tokens (at least 60)"}, nullptr, &Config::demo_session_ttl_s},
+      {{"demo.sessions_per_address_per_hour", T::kInt, "demo sessions one client address may start per hour"}, nullptr, &Config::demo_sessions_per_address_per_hour},
   };
   return kBindings;
 }
@@ -161,6 +164,12 @@ Status Config::Validate() const {
   }
   if (market_retention_days < 1) {
     return Status::InvalidField("market.retention_days", "market.retention_days must be at least 1");
+  }
+  if (demo_session_ttl_s < 60) {
+    return Status::InvalidField("demo.session_ttl_s", "demo.session_ttl_s must be at least 60");
+  }
+  if (demo_sessions_per_address_per_hour < 1) {
+    return Status::InvalidField("demo.sessions_per_address_per_hour", "demo.sessions_per_address_per_hour must be at least 1");
   }
   if (!db.empty() && db.rfind("sqlite://", 0) != 0 && db.rfind("postgresql://", 0) != 0 &&
       db.rfind("postgres://", 0) != 0) {

@@ -50,6 +50,9 @@ struct Config {
   bool market_enabled = true;              // sample every provider's offers into the price history
   int64_t market_interval_s = 300;
   int64_t market_retention_days = 30;
+  bool demo_enabled = false;                // POST /api/v1/demo/session and the /demo-app/ console
+  int64_t demo_session_ttl_s = 2 * 3600;    // a demo account and its tokens end after this
+  int64_t demo_sessions_per_address_per_hour = 30;
 
   std::string DatabaseUrl() const;  // db, or the SQLite default under data_dir
 

@@ -32,8 +32,10 @@ function errorFrom(res, body) {
 }
 
 export class ApiClient {
-  constructor({ baseUrl = '', fetchImpl, storage } = {}) {
+  // refreshKey: where the refresh token is kept (the demo console keeps its own, beside a real session).
+  constructor({ baseUrl = '', fetchImpl, storage, refreshKey = REFRESH_KEY } = {}) {
     this.baseUrl = baseUrl;
+    this.refreshKey = refreshKey;
     this.fetchImpl = fetchImpl || ((...a) => globalThis.fetch(...a));
     this.storage = storage !== undefined ? storage : globalThis.localStorage;
     this.accessToken = null;
@@ -43,7 +45,7 @@ export class ApiClient {
 
   get refreshToken() {
     try {
-      return this.storage ? this.storage.getItem(REFRESH_KEY) : null;
+      return this.storage ? this.storage.getItem(this.refreshKey) : null;
     } catch {
       return null;
     }
@@ -52,8 +54,8 @@ export class ApiClient {
   set refreshToken(v) {
     try {
       if (!this.storage) return;
-      if (v) this.storage.setItem(REFRESH_KEY, v);
-      else this.storage.removeItem(REFRESH_KEY);
+      if (v) this.storage.setItem(this.refreshKey, v);
+      else this.storage.removeItem(this.refreshKey);
     } catch {
       /* storage unavailable: the session lasts as long as the page */
     }
@@ -142,6 +144,35 @@ export class ApiClient {
     }
   }
 
+  // Opens a server-sent event stream (GET) and answers the fetch Response once its status is 2xx; the
+  // caller reads res.body. Same token handling as request(): one refresh and retry on 401.
+  async stream(path, { lastEventId, signal } = {}) {
+    if (!this.accessToken && this.refreshToken) await this.refresh();
+    const open = async (token) => {
+      const headers = { Accept: 'text/event-stream' };
+      if (token) headers.Authorization = `Bearer ${token}`;
+      if (lastEventId) headers['Last-Event-ID'] = String(lastEventId);
+      try {
+        return await this.fetchImpl(this.baseUrl + path, { method: 'GET', headers, signal, cache: 'no-store' });
+      } catch (err) {
+        if (signal && signal.aborted) throw err;
+        throw new ApiError(0, 'network', 'cannot reach the server: ' + (err && err.message ? err.message : err));
+      }
+    };
+    const sent = this.accessToken;
+    let res = await open(sent);
+    if (res.status === 401 && this.refreshToken) {
+      const ok = this.accessToken && this.accessToken !== sent ? true : await this.refresh();
+      if (ok) res = await open(this.accessToken);
+    }
+    if (!res.ok) {
+      const err = errorFrom(res, await parseBody(res));
+      if (err.status === 401) this.authLost();
+      throw err;
+    }
+    return res;
+  }
+
   authLost() {
     if (this.onAuthLost) this.onAuthLost();
   }
@@ -164,6 +195,13 @@ export class ApiClient {
 
   async login(email, password) {
     const t = await this.raw('POST', '/api/v1/auth/login', { email, password });
+    this.setTokens(t);
+    return t;
+  }
+
+  // Demo mode: a new demo account of our own (404 when the server has demo mode off).
+  async demoSession() {
+    const t = await this.raw('POST', '/api/v1/demo/session');
     this.setTokens(t);
     return t;
   }

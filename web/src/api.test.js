@@ -119,3 +119,38 @@ describe('ApiClient refresh on 401', () => {
     await expect(c.login('a@b.c', 'x')).rejects.toMatchObject({ status: 0, code: 'network' });
   });
 });
+
+describe('ApiClient.stream (server-sent events over fetch)', () => {
+  it('sends the token, Accept and Last-Event-ID, refreshes once on 401', async () => {
+    const { state, fetchImpl } = fakeServer();
+    const c = new ApiClient({ fetchImpl, storage: memoryStorage({ [REFRESH_KEY]: 'r1' }) });
+    c.accessToken = 'stale';
+    const res = await c.stream('/api/v1/deploys/d1/events', { lastEventId: '4' });
+    expect(res.status).toBe(200);
+    expect(state.refreshes).toBe(1);
+    const last = fetchImpl.mock.calls.at(-1)[1];
+    expect(last.headers).toMatchObject({ Accept: 'text/event-stream', Authorization: 'Bearer a2', 'Last-Event-ID': '4' });
+  });
+
+  it('throws the API error of a refused stream', async () => {
+    const fetchImpl = vi.fn(async () => json(404, { error: { code: 'not_found', message: 'deploy not found' } }));
+    const c = new ApiClient({ fetchImpl, storage: memoryStorage() });
+    c.accessToken = 'a';
+    await expect(c.stream('/api/v1/deploys/nope/events')).rejects.toMatchObject({ status: 404, message: 'deploy not found' });
+  });
+});
+
+describe('demo sessions', () => {
+  it('keeps the demo refresh token in its own slot and takes tokens from POST /demo/session', async () => {
+    const fetchImpl = vi.fn(async () => json(200, { access_token: 'da', refresh_token: 'drt_demo', expires_in: 7200, demo: true }));
+    const storage = memoryStorage({ [REFRESH_KEY]: 'real' });
+    const c = new ApiClient({ fetchImpl, storage, refreshKey: 'dumont.demo.refresh_token' });
+    expect(c.hasSession()).toBe(false);
+    await c.demoSession();
+    expect(fetchImpl.mock.calls[0][0]).toBe('/api/v1/demo/session');
+    expect(fetchImpl.mock.calls[0][1].method).toBe('POST');
+    expect(c.accessToken).toBe('da');
+    expect(storage.getItem('dumont.demo.refresh_token')).toBe('drt_demo');
+    expect(storage.getItem(REFRESH_KEY)).toBe('real'); // the real session is untouched
+  });
+});

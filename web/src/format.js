@@ -46,3 +46,15 @@ export function time(ms) {
   if (!ms) return '—';
   return new Date(ms).toLocaleTimeString();
 }
+
+// A 0..1 fraction as a whole percentage.
+export function pct(x) {
+  return x == null || !isFinite(x) ? '—' : `${Math.round(x * 100)} %`;
+}
+
+// Seconds: two decimals under one ("0.02 s"), one under a minute ("3.4 s"), else duration().
+export function seconds(s) {
+  if (s == null || !isFinite(s)) return '—';
+  if (s < 1) return `${Number(s).toFixed(2)} s`;
+  return s < 60 ? `${Number(s).toFixed(1)} s` : duration(s);
+}

@@ -1,7 +1,7 @@
 import { useEffect, useId, useRef, useState } from 'react';
 import { age, bytes, duration, money, time } from '../format.js';
 import { useLoad } from '../useLoad.js';
-import { ErrorBox, Loading, Sparkline, StateBadge } from './ui.jsx';
+import { CopyButton, ErrorBox, Loading, Sparkline, StateBadge } from './ui.jsx';
 
 const ACTIONS = {
   running: ['pause', 'hibernate', 'snapshot'],
@@ -9,8 +9,18 @@ const ACTIONS = {
   pausing: ['resume'],
   hibernated: ['wake'],
   hibernating: ['wake'],
+  error: ['retry'],
 };
-const LABEL = { pause: 'Pause', resume: 'Resume', hibernate: 'Hibernate', wake: 'Wake', snapshot: 'Snapshot now' };
+const LABEL = { pause: 'Pause', resume: 'Resume', hibernate: 'Hibernate', wake: 'Wake', snapshot: 'Snapshot now', retry: 'Retry' };
+
+// "ssh -p PORT root@HOST" when the machine has an SSH endpoint (providers that run sshd), else null.
+export function sshCommand(machine) {
+  const host = machine && (machine.ssh_host || (machine.ssh && machine.ssh.host));
+  const port = machine && (machine.ssh_port || (machine.ssh && machine.ssh.port));
+  if (!host || !port) return null;
+  const user = (machine.ssh && machine.ssh.user) || machine.ssh_user || 'root';
+  return `ssh -p ${port} ${user}@${host}`;
+}
 
 export function InstanceCard({ instance: i, history = [], canMutate, api, onChanged, tick = 0, nowMs }) {
   const [busy, setBusy] = useState(null);
@@ -25,6 +35,9 @@ export function InstanceCard({ instance: i, history = [], canMutate, api, onChan
   // Telemetry of a machine that no longer runs is history, not a reading.
   const live = i.telemetry && !['hibernated', 'paused', 'destroyed', 'destroying'].includes(i.state);
   const util = live ? i.telemetry.max_gpu_util : null;
+  // Only a machine that exists now has an address or a workspace (a hibernated instance has none).
+  const hasMachine = !!i.machine?.id && !gone;
+  const ssh = hasMachine ? sshCommand(i.machine) : null;
 
   const act = async (action) => {
     setBusy(action);
@@ -94,11 +107,24 @@ export function InstanceCard({ instance: i, history = [], canMutate, api, onChan
             </dd>
           </div>
         ) : null}
-        {i.provider === 'local' && i.machine?.workspace ? (
+        {ssh ? (
+          <div className="wide">
+            <dt>SSH</dt>
+            <dd>
+              <code className="path" data-testid="ssh-command">
+                {ssh}
+              </code>
+              <CopyButton text={ssh} what={`the SSH command of ${i.name}`} />
+            </dd>
+          </div>
+        ) : hasMachine && i.machine.workspace ? (
           <div className="wide">
             <dt>Workspace</dt>
             <dd>
-              <code className="path">{i.machine.workspace}</code>
+              <code className="path" data-testid="workspace">
+                {i.machine.workspace}
+              </code>
+              <CopyButton text={i.machine.workspace} label="Copy path" what={`of the workspace of ${i.name}`} />
             </dd>
           </div>
         ) : null}

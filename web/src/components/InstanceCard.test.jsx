@@ -125,3 +125,26 @@ describe('InstanceCard', () => {
     expect(screen.getByTestId('gpu-util').textContent).toBe('37 %');
   });
 });
+
+describe('InstanceCard access and recovery', () => {
+  it('offers Retry on an instance in error', async () => {
+    const api = fakeApi();
+    render(<InstanceCard instance={instance({ state: 'error', message: 'deploy failed', telemetry: null })} canMutate api={api} nowMs={NOW} />);
+    await userEvent.setup().click(screen.getByRole('button', { name: 'Retry' }));
+    expect(api.post).toHaveBeenCalledWith('/api/v1/instances/ins_1/retry');
+  });
+
+  it('shows the SSH command to copy when the machine has an SSH endpoint, else the workspace', async () => {
+    const user = userEvent.setup(); // installs a clipboard we can read back
+    render(<InstanceCard instance={instance({ provider: 'vast', machine: { id: 'v1', price_per_hour: 0.4, ssh_host: 'ssh5.vast.ai', ssh_port: 22104 } })} canMutate api={fakeApi()} nowMs={NOW} />);
+    expect(screen.getByTestId('ssh-command').textContent).toBe('ssh -p 22104 root@ssh5.vast.ai');
+    expect(screen.queryByTestId('workspace')).toBeNull();
+    await user.click(screen.getByRole('button', { name: 'Copy the SSH command of trainer' }));
+    expect(await navigator.clipboard.readText()).toBe('ssh -p 22104 root@ssh5.vast.ai');
+    expect(await screen.findByText('Copied')).toBeTruthy();
+    cleanup();
+    render(<InstanceCard instance={instance()} canMutate api={fakeApi()} nowMs={NOW} />);
+    expect(screen.queryByTestId('ssh-command')).toBeNull();
+    expect(screen.getByRole('button', { name: 'Copy path of the workspace of trainer' })).toBeTruthy();
+  });
+});

@@ -2,6 +2,8 @@ import { useCallback, useEffect, useId, useRef, useState } from 'react';
 import { useAuth } from '../auth.jsx';
 import { InstanceCard } from '../components/InstanceCard.jsx';
 import { ErrorBox, Loading } from '../components/ui.jsx';
+import { loadHibernationDefaults } from '../prefs.js';
+import { Link } from '../router.jsx';
 
 const POLL_MS = 2000;
 const HISTORY = 30;
@@ -77,7 +79,13 @@ export function MachinesPage() {
       {instances === null && !error ? <Loading label="Loading machines…" /> : null}
       {instances && list.length === 0 ? (
         <p className="muted empty">
-          No machines yet.{canMutate ? ' Create one with “New machine”.' : ''}
+          No machines yet.
+          {canMutate ? (
+            <>
+              {' '}
+              Deploy one from the <Link to="/">Dashboard</Link> or create one with “New machine”.
+            </>
+          ) : null}
         </p>
       ) : null}
       <div className="grid">
@@ -107,9 +115,10 @@ export function NewMachineForm({ api, onCreated, onCancel }) {
   const id = useId();
   const [name, setName] = useState('');
   const [provider, setProvider] = useState('local');
-  const [enabled, setEnabled] = useState(true);
-  const [idle, setIdle] = useState('180');
-  const [threshold, setThreshold] = useState('5');
+  const [defaults] = useState(() => loadHibernationDefaults());
+  const [enabled, setEnabled] = useState(defaults.enabled);
+  const [idle, setIdle] = useState(String(defaults.idle_seconds));
+  const [threshold, setThreshold] = useState(String(defaults.gpu_threshold_pct));
   const [error, setError] = useState(null);
   const [busy, setBusy] = useState(false);
 
@@ -130,7 +139,7 @@ export function NewMachineForm({ api, onCreated, onCancel }) {
       const body = {
         name: name.trim(),
         provider: provider.trim() || 'local',
-        hibernation: { enabled, idle_seconds: idleN, gpu_threshold_pct: thrN },
+        hibernation: { enabled, idle_seconds: idleN, gpu_threshold_pct: thrN, release_after_seconds: defaults.release_after_seconds },
       };
       const r = await api.post('/api/v1/instances', body);
       onCreated && onCreated(r.instance);
@@ -145,6 +154,10 @@ export function NewMachineForm({ api, onCreated, onCancel }) {
   return (
     <form className="card new-machine" onSubmit={submit} noValidate aria-label="New machine">
       <h2>New machine</h2>
+      <p className="muted small">
+        One machine on one provider, started at once. To race several offers within a budget, use the{' '}
+        <Link to="/">deploy wizard on the Dashboard</Link>. Hibernation starts from your defaults in Settings.
+      </p>
       <div className="form-grid">
         <div className="field">
           <label htmlFor={`${id}-name`}>Name</label>
