@@ -471,8 +471,17 @@ Status Fleet::DeployStep(Instance& i, const std::shared_ptr<provider::Provider>&
     i.attempt = AttemptOf(w->label);
     i.price_per_hour = got ? got->price_per_hour : w->offer.price_per_hour;
     if (i.price_per_hour <= 0) i.price_per_hour = w->offer.price_per_hour;
-    i.machine_json = got ? got->details.dump() : "{}";
+    json details = got && got->details.is_object() ? got->details : json::object();
+    if (got && !got->ssh_host.empty() && got->ssh_port > 0) {
+      details["ssh_host"] = got->ssh_host;
+      details["ssh_port"] = got->ssh_port;
+    }
+    i.machine_json = details.dump();
     if (i.gpu.empty()) i.gpu = w->offer.gpu_name;
+    {
+      std::lock_guard tl(telemetry_mu_);
+      telemetry_.erase(i.id);  // the idle clock starts with the new machine's own heartbeats
+    }
     DUMONT_RETURN_STATUS_IF_ERROR(SaveStatus(i));
     DUMONT_RETURN_STATUS_IF_ERROR(store_.FinishMachineAttempt(prov.Name(), wp.machine_id, "ready", "", now_s));
     double ready_s = static_cast<double>(d->engine->finished_ms() - d->engine->started_ms()) / 1000.0;

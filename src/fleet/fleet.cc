@@ -129,6 +129,10 @@ json Fleet::InstanceJson(const Instance& i) {
             {"attempt", i.attempt},
             {"price_per_hour", i.price_per_hour}};
   if (machine.contains("workspace")) m["workspace"] = machine["workspace"];
+  if (machine.contains("ssh_host") && machine.contains("ssh_port")) {
+    m["ssh_host"] = machine["ssh_host"];
+    m["ssh_port"] = machine["ssh_port"];
+  }
   json j = {{"id", i.id},
             {"name", i.name},
             {"provider", i.provider},
@@ -439,6 +443,11 @@ Result<json> Fleet::Heartbeat(const std::string& agent_token, const json& body) 
   std::lock_guard lock(LockFor(tok->instance_id));
   auto i = store_.GetInstance(tok->instance_id);
   if (!i) return Err(i.error());
+  if (i->machine_id.empty()) {
+    // The machine was destroyed (hibernation, replacement) while this heartbeat waited for the lock:
+    // its token was valid when read, but nothing it says may reach the next machine's telemetry.
+    return Err(Status::PermissionDenied("this machine was destroyed or replaced; the instance has no machine now"));
+  }
   if (tok->attempt != i->attempt) {
     return Err(Status::PermissionDenied("this agent belongs to a replaced machine (attempt " +
                                         std::to_string(tok->attempt) + ", current " + std::to_string(i->attempt) + ")"));

@@ -557,6 +557,7 @@ TEST_F(FleetTest, AnInterruptedSpotMachineIsReplacedFromTheLastSnapshot) {
   Beat(agent, a->id, 80, json::array({{{"id", resp["commands"][0]["id"]}, {"ok", true}, {"snapshot_id", std::string(64, 'b')}}}));
   ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
   std::string old = Load(a->id).machine_id;
+  clock_.Advance(5s);
   ASSERT_TRUE(fleet_->FindProvider("sim")->Stop(old).ok());
   ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
   auto i = Load(a->id);
@@ -576,6 +577,35 @@ TEST_F(FleetTest, AnInterruptedSpotMachineIsReplacedFromTheLastSnapshot) {
   auto deploys = store_->ListDeploys("usr_a", 10);
   ASSERT_EQ(deploys->size(), 2u);
   EXPECT_EQ(deploys->front().reason, "wake");
+}
+
+TEST_F(FleetTest, AWakeRightAfterHibernationStartsANewIdleWindow) {
+  auto a = fleet_->Create("usr_a", {{"name", "quick"}, {"provider", "sim"}});
+  std::string agent = BringUp(a->id);
+  Beat(agent, a->id, 0);
+  ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  IdleFor(agent, a->id, 190, 0);
+  ASSERT_EQ(Load(a->id).state, "hibernating");
+  json resp = Beat(agent, a->id, 0);
+  ASSERT_EQ(resp["commands"].size(), 1u);
+  Beat(agent, a->id, 0, json::array({{{"id", resp["commands"][0]["id"]}, {"ok", true}, {"snapshot_id", std::string(64, 'c')}}}));
+  ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  ASSERT_EQ(Load(a->id).state, "hibernated");
+  // A heartbeat of the destroyed machine that raced the destroy is refused and changes nothing.
+  EXPECT_FALSE(fleet_->Heartbeat(agent, {{"instance_id", a->id}, {"gpus", {{{"index", 0}, {"util_pct", 0}}}}}));
+  // Wake two seconds later: the new machine's idle window starts with its own first heartbeat.
+  clock_.Advance(2s);
+  ASSERT_TRUE(fleet_->Action("usr_a", a->id, "wake"));
+  ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  std::string agent2 = BringUp(a->id);
+  Beat(agent2, a->id, 0);
+  ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  resp = Beat(agent2, a->id, 0);
+  Beat(agent2, a->id, 0, json::array({{{"id", resp["commands"][0]["id"]}, {"ok", true}}}));
+  ASSERT_TRUE(fleet_->Reconcile(a->id).ok());
+  ASSERT_EQ(Load(a->id).state, "running");
+  IdleFor(agent2, a->id, 150, 0);
+  EXPECT_EQ(Load(a->id).state, "running") << "150 s idle on the new machine is not yet 180 s";
 }
 
 TEST_F(FleetTest, DeployRequestsAreValidatedWithFieldNames) {
