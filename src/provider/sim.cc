@@ -36,7 +36,8 @@ class SimProvider final : public Provider {
   std::map<std::string, Capability> Capabilities() const override {
     return {{"stop", {true, ""}},
             {"virtual_gpu", {false, "sim machines have no agent; tests drive their telemetry directly"}},
-            {"ssh", {false, "sim machines are not reachable"}}};
+            {"ssh", {false, "sim machines are not reachable"}},
+            {"spot", {false, "the sim never preempts a machine; its offers' spot prices only feed the market views"}}};
   }
 
   Result<Machine> Create(const MachineSpec& spec) override {

@@ -1,6 +1,8 @@
-// The sim provider: machines in memory, for tests and benchmarks. Seeded; boot time, boot failures,
-// preemption and prices are configurable; time comes from the injected Clock. Sim machines run no
-// agent, so instances on it never receive heartbeats unless a test sends them.
+// The sim provider: machines in memory, for tests and benchmarks. Seeded; boot time, boot failures and
+// prices are configurable; time comes from the injected Clock. It does not model preemption: half its
+// offers carry a spot price (for the market views), but no sim machine is ever interrupted, so
+// Capabilities() declares "spot" unsupported. Sim machines run no agent, so instances on it never
+// receive heartbeats unless a test sends them.
 #pragma once
 
 #include "common/clock.h"
