@@ -472,6 +472,7 @@ Status Fleet::DeployStep(Instance& i, const std::shared_ptr<provider::Provider>&
     i.price_per_hour = got ? got->price_per_hour : w->offer.price_per_hour;
     if (i.price_per_hour <= 0) i.price_per_hour = w->offer.price_per_hour;
     json details = got && got->details.is_object() ? got->details : json::object();
+    details["offer_id"] = w->offer.id;  // vendors do not all say which offer a machine came from
     if (got && !got->ssh_host.empty() && got->ssh_port > 0) {
       details["ssh_host"] = got->ssh_host;
       details["ssh_port"] = got->ssh_port;

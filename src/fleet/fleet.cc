@@ -587,7 +587,11 @@ Status Fleet::ReconcileLocked(Instance& i) {
     if (!m || m->state == provider::MachineState::kFailed || m->state == provider::MachineState::kTerminated) {
       DUMONT_RETURN_STATUS_IF_ERROR(Record(i, "machine_lost", i.machine_id + " is gone or failed; starting another"));
       DUMONT_RETURN_STATUS_IF_ERROR(store_.FinishAttempt(i.id, "failed", m ? "machine failed" : "machine gone", now_s));
-      if (m) DUMONT_RETURN_STATUS_IF_ERROR(MaybeAutoBlacklist(store_, p->Name(), m->offer_id, now_s));
+      if (m) {
+        json details = json::parse(i.machine_json, nullptr, false);
+        std::string offer = details.is_object() ? details.value("offer_id", m->offer_id) : m->offer_id;
+        if (!offer.empty()) DUMONT_RETURN_STATUS_IF_ERROR(MaybeAutoBlacklist(store_, p->Name(), offer, now_s));
+      }
       (void)p->Destroy(i.machine_id);
       i.machine_id.clear();
       i.machine_json = "{}";
