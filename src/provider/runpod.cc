@@ -560,6 +560,7 @@ class RunPodProvider final : public Provider {
       off.price_per_hour =
           (o_.interruptible ? (o_.bid_per_gpu > 0 ? o_.bid_per_gpu : min_bid) : on_demand) *
           o_.gpu_count;
+      off.spot_price_per_hour = min_bid > 0 ? min_bid * o_.gpu_count : 0;  // the lowest bid that wins now
       off.reliability = 0;  // RunPod reports none
       off.location = !o_.data_center_id.empty() ? o_.data_center_id : o_.country_code;
       if (off.price_per_hour <= 0) continue;
