@@ -38,7 +38,9 @@ format:
 	find src app tests -name '*.cc' -o -name '*.h' | xargs clang-format -i
 
 # Benchmarks (not part of `make test`): dumont vs restic on generated workspaces, see bench/README.md.
-# BENCH_SIZES="0.5" for a quick run (default "2 7"); results in bench/results/snapshot.json.
+# BENCH_SIZES="0.5" for a quick run (default "2 7"); results in bench/results/snapshot.json. The snapshot
+# bench has a local-directory leg and an S3 leg (Ceph RGW with a bluestore OSD on loopback, run when the
+# Ceph packages are installed; SNAPSHOT_BENCH_S3=0 skips it, SNAPSHOT_BENCH_LOCAL=0 skips the local leg).
 .PHONY: bench bench-snapshot bench-api
 bench: bench-snapshot bench-multistart bench-api
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A private S3 server for tests: a throwaway single-node Ceph cluster (1 mon, 1 memstore OSD, no mgr)
+# A private S3 server for tests: a throwaway single-node Ceph cluster (1 mon, 1 OSD, no mgr)
 # plus a RADOS Gateway on a free 127.0.0.1 port, all state in a temp dir, no systemd, no /etc/ceph.
 #
 #   rgw_harness.sh start STATE_DIR   stops any previous cluster recorded in STATE_DIR, starts a new one,
@@ -13,20 +13,31 @@
 # Needs the Debian 12 packages ceph-mon ceph-osd radosgw ceph-common (Ceph 16.2) and python3.
 # Runs as root (CI) or as a normal user. Bring-up takes ~10-15 s, most of it radosgw creating pools.
 # Logs stay in the cluster dir (STATE_DIR/dir names it) until stop; on failure they are printed.
-# Knobs: RGW_MEMSTORE_BYTES (OSD capacity, default 4 GiB; RAM used is ~2x the bytes stored).
+# Knobs: RGW_OSD_BACKEND   memstore (default; RAM, what ctest uses) or bluestore (a sparse file
+#                          CLUSTER_DIR/osd.0.block, O_DIRECT I/O, like a real deployment; benchmarks)
+#        RGW_MEMSTORE_BYTES  memstore OSD capacity, default 4 GiB; RAM used is ~2x the bytes stored
+#        RGW_BLUESTORE_BYTES bluestore block file size, default 16 GiB (sparse: disk is used only for
+#                          what is written; it is deleted on stop with the rest of the cluster dir)
+#        RGW_TCP_NODELAY     1 = radosgw's beast frontend sets TCP_NODELAY (default 0, Ceph's default:
+#                          with Nagle on, a small response often waits ~40 ms for the client's
+#                          delayed ACK, so every small ranged GET costs ~44 ms on loopback)
 set -euo pipefail
 unset AWS_CA_BUNDLE   # ceph/radosgw tools do not need it and some S3 tools choke on it
 cmd=${1:?usage: rgw_harness.sh start|stop STATE_DIR}
 state=${2:?usage: rgw_harness.sh start|stop STATE_DIR}
 MEMSTORE_BYTES=${RGW_MEMSTORE_BYTES:-4294967296}
+OSD_BACKEND=${RGW_OSD_BACKEND:-memstore}
+BLUESTORE_BYTES=${RGW_BLUESTORE_BYTES:-17179869184}
+TCP_NODELAY=${RGW_TCP_NODELAY:-0}
 PY=/usr/bin/python3
 
 log() { echo "rgw_harness: $*" >&2; }
 
 # Kills the daemons of the cluster in $1, using only the PID files it wrote, and only if the process
-# still runs with that cluster's ceph.conf (a recycled PID is left alone). radosgw and the memstore
-# OSD get SIGKILL at once (radosgw ignores SIGTERM for >5 s; a memstore OSD would dump its RAM to disk
-# on a clean stop); the mon gets SIGTERM, then SIGKILL after 5 s.
+# still runs with that cluster's ceph.conf (a recycled PID is left alone). radosgw and the OSD get
+# SIGKILL at once (radosgw ignores SIGTERM for >5 s; a memstore OSD would dump its RAM to disk on a
+# clean stop; the data is throwaway either way); the mon gets SIGTERM, then SIGKILL after 5 s.
+# A killed daemon that is a zombie (reparented to a PID 1 that reaps late) counts as gone.
 kill_cluster() {
   local dir=$1 name f pid pids=()
   [ -d "$dir/run" ] || return 0
@@ -43,12 +54,19 @@ kill_cluster() {
   local i p alive
   for i in $(seq 1 50); do
     alive=0
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    for p in "${pids[@]}"; do running "$p" && alive=1; done
     [ $alive = 0 ] && return 0
     sleep 0.1
   done
   for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   sleep 0.2
+}
+
+# running PID: the process exists and is not a zombie.
+running() {
+  local st
+  st=$(sed -n 's/^[0-9]* (.*) \([A-Za-z]\) .*/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
 }
 
 do_stop() {
@@ -71,6 +89,18 @@ do_start() {
     command -v "$b" >/dev/null || { log "missing $b: apt-get install -y --no-install-recommends ceph-mon ceph-osd radosgw ceph-common curl"; exit 1; }
   done
   [ -x "$PY" ] || { log "missing $PY: apt-get install -y python3"; exit 1; }
+  case $OSD_BACKEND in
+    memstore) ;;
+    bluestore)
+      [[ "$BLUESTORE_BYTES" =~ ^[0-9]+$ ]] && [ "$BLUESTORE_BYTES" -ge 2147483648 ] \
+        || { log "RGW_BLUESTORE_BYTES must be a byte count >= 2 GiB, not '$BLUESTORE_BYTES'"; exit 1; }
+      local avail
+      avail=$(df -PB1 /tmp | awk 'NR==2 {print $4}')
+      [ "$avail" -ge "$BLUESTORE_BYTES" ] \
+        || log "warning: /tmp has $avail bytes free, less than the $BLUESTORE_BYTES-byte bluestore file (sparse: fine unless that much is written)" ;;
+    *) log "RGW_OSD_BACKEND must be memstore or bluestore, not '$OSD_BACKEND'"; exit 1 ;;
+  esac
+  case $TCP_NODELAY in 0|1) ;; *) log "RGW_TCP_NODELAY must be 0 or 1, not '$TCP_NODELAY'"; exit 1 ;; esac
   local t0=$EPOCHREALTIME
   mkdir -p "$state"
   do_stop
@@ -86,6 +116,16 @@ do_start() {
   osd_uuid=$(cat /proc/sys/kernel/random/uuid)
   conf="$DIR/ceph.conf"
   kr="$DIR/keyring"
+  local osd_store_conf
+  if [ "$OSD_BACKEND" = bluestore ]; then
+    # a sparse file in the cluster dir, created by ceph-osd --mkfs; bluestore does O_DIRECT I/O on it
+    osd_store_conf="bluestore block path = $DIR/osd.0.block
+bluestore block size = $BLUESTORE_BYTES
+bluestore block create = true
+bluestore fsck on mount = false"
+  else
+    osd_store_conf="memstore device bytes = $MEMSTORE_BYTES"
+  fi
   write_conf() { # rgw port
     cat >"$conf" <<EOF
 [global]
@@ -123,13 +163,13 @@ mon data avail warn = 1
 mon data avail crit = 0
 [osd]
 osd data = $DIR/osd/\$id
-osd objectstore = memstore
-memstore device bytes = $MEMSTORE_BYTES
+osd objectstore = $OSD_BACKEND
+$osd_store_conf
 osd memory target = 1073741824
 osd max object size = 134217728
 [client.rgw.gw]
 rgw data = $DIR/rgw
-rgw frontends = beast endpoint=127.0.0.1:$1
+rgw frontends = beast endpoint=127.0.0.1:$1$([ "$TCP_NODELAY" = 1 ] && echo " tcp_nodelay=1")
 rgw thread pool size = 128
 rgw dns name = localhost
 # reclaim the RADOS objects of overwritten/deleted S3 objects after 30 s instead of 2 h
@@ -204,7 +244,7 @@ export DUMONT_TEST_S3_ENDPOINT=http://127.0.0.1:$port
 EOF
   mv "$state/env.tmp" "$state/env"
   trap - EXIT
-  echo "rgw_harness: RADOS Gateway on http://127.0.0.1:$port ($DIR), up in $("$PY" -c "print(round($EPOCHREALTIME - $t0, 1))") s"
+  echo "rgw_harness: RADOS Gateway on http://127.0.0.1:$port ($DIR, $OSD_BACKEND OSD$([ "$TCP_NODELAY" = 1 ] && echo ", TCP_NODELAY")), up in $("$PY" -c "print(round($EPOCHREALTIME - $t0, 1))") s"
 }
 
 case "$cmd" in
