@@ -389,6 +389,7 @@ class Run {
     }
     std::map<std::string, Node> parent_root;
     if (parent) {
+      repo_.PrefetchTrees(parent->second.tree, 16);  // the walk reads the parent's trees one per directory
       parent_root = LoadParentTree(parent->second.tree, "");
       summary_.parent = parent->first;
     }

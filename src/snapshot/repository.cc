@@ -5,12 +5,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <ctime>
 
 #include "common/random.h"
+#include "snapshot/tree.h"
 
 namespace dumont::snapshot {
 
@@ -479,6 +482,14 @@ Result<std::vector<PackHeaderEntry>> ReadPackHeader(const MasterKey& key, const 
 }
 
 Result<std::string> Repository::LoadBlob(const Id& id) {
+  {
+    std::lock_guard l(tree_cache_mu_);
+    if (auto it = tree_cache_.find(id); it != tree_cache_.end()) {
+      std::string blob = std::move(it->second);
+      tree_cache_.erase(it);
+      return blob;
+    }
+  }
   auto loc = Lookup(id);
   if (!loc) return Err(Status::NotFound("blob " + IdHex(id) + " is not in the index"));
   std::string pack = IdHex(loc->pack);
@@ -492,6 +503,35 @@ Result<std::string> Repository::LoadBlob(const Id& id) {
     return Err(Status::Corruption("blob " + IdHex(id) + " in pack " + pack + " does not match its id"));
   }
   return plain;
+}
+
+void Repository::PrefetchTrees(const Id& root, int parallelism) {
+  std::vector<Id> level = {root};
+  std::unordered_map<Id, bool, IdHash> seen = {{root, true}};
+  while (!level.empty()) {
+    std::vector<Result<std::string>> blobs(level.size(), Err(Status::NotFound("")));
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+      for (size_t k; (k = next++) < level.size();) blobs[k] = LoadBlob(level[k]);
+    };
+    std::vector<std::thread> threads;
+    size_t n = std::min<size_t>(std::max(1, parallelism), level.size());
+    for (size_t t = 1; t < n; ++t) threads.emplace_back(work);
+    work();
+    for (auto& t : threads) t.join();
+    std::vector<Id> below;
+    std::lock_guard l(tree_cache_mu_);
+    for (size_t k = 0; k < level.size(); ++k) {
+      if (!blobs[k]) continue;
+      auto nodes = DecodeTree(*blobs[k], "");
+      if (!nodes) continue;
+      for (const auto& node : *nodes) {
+        if (node.type == "dir" && node.subtree && seen.emplace(*node.subtree, true).second) below.push_back(*node.subtree);
+      }
+      tree_cache_.emplace(level[k], std::move(*blobs[k]));
+    }
+    level = std::move(below);
+  }
 }
 
 // ---- snapshots

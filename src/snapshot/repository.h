@@ -105,6 +105,11 @@ class Repository {
   // this call stored it. `stored_bytes` (optional) receives the sealed size added.
   Result<bool> SaveBlob(BlobType t, const Id& id, std::string_view plaintext, uint64_t* stored_bytes = nullptr);
   Result<std::string> LoadBlob(const Id& id);
+  // Loads the whole tree graph under `root` breadth-first, every tree of a level in parallel
+  // (`parallelism` loads at once), into a cache that LoadBlob answers from once per tree. On a remote
+  // backend a directory walk is otherwise one round trip per directory, in sequence. Best effort: a
+  // tree that fails to load here is loaded (and its error reported) by the walk itself.
+  void PrefetchTrees(const Id& root, int parallelism);
   std::optional<BlobLocation> Lookup(const Id& id);
   // Writes every pending pack, then an index file covering them. After Flush returns ok, every
   // saved blob is durable and indexed.
@@ -164,6 +169,8 @@ class Repository {
   size_t pack_target_ = 16 * 1024 * 1024;
 
   std::mutex mu_;
+  std::mutex tree_cache_mu_;
+  std::unordered_map<Id, std::string, IdHash> tree_cache_;  // filled by PrefetchTrees, drained by LoadBlob
   std::condition_variable cv_;
   std::unordered_map<Id, BlobLocation, IdHash> index_;
   std::unordered_set<Id, IdHash> pending_ids_;  // in an open or uploading pack

@@ -205,6 +205,7 @@ class Restore_ {
     while (!include_.empty() && include_.back() == '/') include_.pop_back();
     std::filesystem::create_directories(target, ec);
     if (ec) return Err(Status::IOError("cannot create target " + target + ": " + ec.message()));
+    repo_.PrefetchTrees(root, 16);
     DUMONT_RETURN_IF_ERROR(Walk(root, "", target, 0));
     if (!include_.empty() && dirs_.empty() && files_.empty() && links_.empty()) {
       return Err(Status::NotFound("'" + include_ + "' is not in the snapshot"));
