@@ -6,16 +6,15 @@
 #include <openssl/pem.h>
 
 #include <algorithm>
-#include <cmath>
 #include <ctime>
 #include <deque>
 #include <mutex>
-#include <random>
 #include <sstream>
 #include <thread>
 
 #include "common/random.h"
 #include "http/client.h"
+#include "provider/retry.h"
 
 namespace dumont::provider {
 namespace {
@@ -239,7 +238,7 @@ std::optional<Place> SplitId(const std::string& id) {
 
 class GceProvider final : public Provider {
  public:
-  explicit GceProvider(GceOptions o) : o_(std::move(o)), rng_(o_.jitter_seed ? o_.jitter_seed : std::random_device{}()) {
+  explicit GceProvider(GceOptions o) : o_(std::move(o)), backoff_(o_.base_delay, o_.backoff_multiplier, o_.max_delay, o_.jitter_seed, o_.sleep) {
     while (!o_.base_url.empty() && o_.base_url.back() == '/') o_.base_url.pop_back();
     if (o_.max_attempts < 1) o_.max_attempts = 1;
     auto sa = ParseKey(o_.service_account_json);
@@ -608,17 +607,8 @@ class GceProvider final : public Provider {
     }
   }
 
-  std::chrono::milliseconds Backoff(int attempt) {
-    double d = static_cast<double>(o_.base_delay.count()) * std::pow(o_.backoff_multiplier, attempt - 1);
-    d = std::min(d, static_cast<double>(o_.max_delay.count()));
-    std::lock_guard l(rng_mu_);
-    std::uniform_real_distribution<double> jitter(d / 2, d);
-    return std::chrono::milliseconds(static_cast<int64_t>(std::llround(jitter(rng_))));
-  }
-  void Sleep(std::chrono::milliseconds d) {
-    if (o_.sleep) o_.sleep(d);
-    else std::this_thread::sleep_for(d);
-  }
+  std::chrono::milliseconds Backoff(int attempt) { return backoff_.Delay(attempt); }
+  void Sleep(std::chrono::milliseconds d) { backoff_.Sleep(d); }
 
   // ---- access token (3.1)
 
@@ -682,13 +672,9 @@ class GceProvider final : public Provider {
     if (secrets_.size() > 8) secrets_.pop_front();
   }
   std::string Redact(std::string s) const {
-    auto scrub = [&s](const std::string& secret, const char* with) {
-      if (secret.size() < 8) return;
-      for (size_t p = s.find(secret); p != std::string::npos; p = s.find(secret, p)) s.replace(p, secret.size(), with);
-    };
     std::lock_guard l(secrets_mu_);
-    for (const auto& t : secrets_) scrub(t, "[credential]");
-    for (const auto& k : key_lines_) scrub(k, "[private key]");
+    for (const auto& t : secrets_) s = ScrubSecret(std::move(s), t, "[credential]", 8);
+    for (const auto& k : key_lines_) s = ScrubSecret(std::move(s), k, "[private key]", 8);
     return s;
   }
   Status Clean(const Status& st) const { return Status(st.code(), Redact(st.message())); }
@@ -859,8 +845,7 @@ class GceProvider final : public Provider {
   mutable std::mutex secrets_mu_;
   std::deque<std::string> secrets_;
 
-  std::mutex rng_mu_;
-  std::mt19937_64 rng_;
+  RetryBackoff backoff_;
 };
 
 }  // namespace

@@ -1,13 +1,12 @@
 #include "provider/runpod.h"
 
 #include <algorithm>
-#include <cmath>
 #include <mutex>
 #include <optional>
-#include <random>
 #include <thread>
 
 #include "http/client.h"
+#include "provider/retry.h"
 
 namespace dumont::provider {
 namespace {
@@ -156,7 +155,7 @@ struct CatalogEntry {
 class RunPodProvider final : public Provider {
  public:
   explicit RunPodProvider(RunPodOptions o)
-      : o_(std::move(o)), rng_(o_.jitter_seed ? o_.jitter_seed : std::random_device{}()) {
+      : o_(std::move(o)), backoff_(o_.base_delay, o_.backoff_multiplier, o_.max_delay, o_.jitter_seed, o_.sleep) {
     if (o_.max_attempts < 1) o_.max_attempts = 1;
     if (o_.gpu_count < 1) o_.gpu_count = 1;
   }
@@ -454,30 +453,11 @@ class RunPodProvider final : public Provider {
     }
   }
 
-  std::chrono::milliseconds Backoff(int attempt) {
-    double d =
-        static_cast<double>(o_.base_delay.count()) * std::pow(o_.backoff_multiplier, attempt - 1);
-    d = std::min(d, static_cast<double>(o_.max_delay.count()));
-    std::lock_guard l(rng_mu_);
-    std::uniform_real_distribution<double> jitter(d / 2, d);
-    return std::chrono::milliseconds(static_cast<int64_t>(std::llround(jitter(rng_))));
-  }
-  void Sleep(std::chrono::milliseconds d) {
-    if (o_.sleep)
-      o_.sleep(d);
-    else
-      std::this_thread::sleep_for(d);
-  }
+  std::chrono::milliseconds Backoff(int attempt) { return backoff_.Delay(attempt); }
+  void Sleep(std::chrono::milliseconds d) { backoff_.Sleep(d); }
 
   // The API key must never appear in an error: scrub it from anything that came from elsewhere.
-  std::string Redact(std::string s) const {
-    if (o_.api_key.size() >= 4) {
-      for (size_t p = s.find(o_.api_key); p != std::string::npos; p = s.find(o_.api_key, p)) {
-        s.replace(p, o_.api_key.size(), "[api key]");
-      }
-    }
-    return s;
-  }
+  std::string Redact(std::string s) const { return ScrubSecret(std::move(s), o_.api_key, "[api key]"); }
 
   // "HTTP <status>, <first GraphQL error message | body excerpt>".
   std::string ErrorText(const http::ClientResponse& r, const json& j) const {
@@ -614,8 +594,7 @@ class RunPodProvider final : public Provider {
   }
 
   RunPodOptions o_;
-  std::mutex rng_mu_;
-  std::mt19937_64 rng_;
+  RetryBackoff backoff_;
 };
 
 }  // namespace
