@@ -171,7 +171,8 @@ int Run(SnapshotArgs& a, bool json_out) {
                      Eta(p.bytes_done, p.bytes_total, rate).c_str());
       }
     };
-    auto s = Must(Backup(*repo, o, progress));
+    // No callback when nothing would be shown: the archiver then skips the progress scan.
+    auto s = Must(Backup(*repo, o, json_out || tty ? std::function<void(const BackupProgress&)>(progress) : nullptr));
     if (tty && !json_out) std::fprintf(stderr, "\r\033[K");
     json j = s.ToJson();
     j["message_type"] = "summary";

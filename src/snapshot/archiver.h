@@ -26,6 +26,7 @@ struct BackupOptions {
   std::string hostname;               // default: this host
   int readers = 0;                    // 0 = min(4, cores)
   int workers = 0;                    // 0 = cores
+  bool direct_io = true;              // O_DIRECT reads of large uncached files
 };
 
 struct BackupProgress {
@@ -43,6 +44,7 @@ struct BackupSummary {
   uint64_t bytes_read = 0;    // what had to be read
   uint64_t bytes_added = 0;   // sealed bytes added to the repository
   uint64_t blobs_new = 0;
+  uint64_t files_read_direct = 0;  // large files read around the page cache (O_DIRECT)
   double duration_s = 0;
   std::vector<std::string> warnings;  // files that could not be read (the snapshot has the rest)
   nlohmann::json ToJson() const;

@@ -17,9 +17,20 @@ std::string IdHex(const Id& id) {
 }
 
 bool ParseId(std::string_view hex, Id* out) {
-  std::string raw;
-  if (hex.size() != 64 || !HexDecode(hex, &raw)) return false;
-  std::memcpy(out->data(), raw.data(), 32);
+  if (hex.size() != 64) return false;
+  auto val = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  Id id;
+  for (size_t i = 0; i < 32; ++i) {
+    int hi = val(hex[2 * i]), lo = val(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    id[i] = static_cast<uint8_t>((hi << 4) | lo);
+  }
+  *out = id;
   return true;
 }
 

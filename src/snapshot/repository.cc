@@ -403,7 +403,9 @@ Status Repository::SealAndQueueLocked(std::unique_lock<std::mutex>& lock) {
   if (!upload_error_.ok()) return upload_error_;
   ++uploads_in_flight_;
   uploaders_->Submit([this, pack] {
-    Status st = WritePack(pack);
+    // The pack's id (SHA-256 of its bytes) is computed once, outside the lock.
+    Id pack_id = Sha256(pack->data);
+    Status st = WritePack(pack_id, *pack);
     std::vector<std::pair<Id, std::vector<std::pair<Id, BlobLocation>>>> to_index;
     {
       std::lock_guard l(mu_);
@@ -411,7 +413,6 @@ Status Repository::SealAndQueueLocked(std::unique_lock<std::mutex>& lock) {
       if (!st.ok()) {
         if (upload_error_.ok()) upload_error_ = st;
       } else {
-        Id pack_id = Sha256(pack->data);
         std::vector<std::pair<Id, BlobLocation>> blobs;
         for (auto [id, loc] : pack->entries) {
           loc.pack = pack_id;
@@ -427,9 +428,8 @@ Status Repository::SealAndQueueLocked(std::unique_lock<std::mutex>& lock) {
   return Status::Ok();
 }
 
-Status Repository::WritePack(std::shared_ptr<PendingPack> p) {
-  Id id = Sha256(p->data);
-  Status st = backend_->Save({FileType::kPack, IdHex(id)}, p->data);
+Status Repository::WritePack(const Id& id, const PendingPack& p) {
+  Status st = backend_->Save({FileType::kPack, IdHex(id)}, p.data);
   return st.ok() ? st : st.Annotate("uploading pack " + IdHex(id));
 }
 

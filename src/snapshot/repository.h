@@ -156,7 +156,7 @@ class Repository {
   explicit Repository(std::unique_ptr<Backend> b);
   struct PendingPack;
   Status SealAndQueueLocked(std::unique_lock<std::mutex>& lock);
-  Status WritePack(std::shared_ptr<PendingPack> p);
+  Status WritePack(const Id& id, const PendingPack& p);
   Status WriteIndexLocked(std::unique_lock<std::mutex>& lock);
   Result<std::string> SaveJsonFile(FileType t, const nlohmann::json& j);
   Result<nlohmann::json> LoadJsonFile(const Handle& h);

@@ -3,10 +3,13 @@
 // safety, retention and prune).
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <set>
 
@@ -328,6 +331,91 @@ TEST_F(RepoTest, IncrementalBackupReadsOnlyChangedFiles) {
   EXPECT_EQ(IdHex(*snaps->back().second.parent), IdHex(snaps->at(1).first));
 }
 
+// An unchanged directory keeps its parent's tree id (nothing re-encoded); any change - a new
+// entry, a removed one, new metadata - gives a new tree up to the root and nothing else.
+TEST_F(RepoTest, UnchangedDirectoriesKeepTheirParentTreesAndChangesDoNot) {
+  auto repo = OpenRepo();
+  MustBackup(*repo);
+  auto tree_of = [&](const std::string& where) {
+    auto snap = repo->FindSnapshot("latest");
+    Id t = snap->second.tree;
+    std::string path;
+    for (std::string part : {std::string("ws"), where}) {
+      if (part.empty()) break;
+      auto nodes = DecodeTree(*repo->LoadBlob(t), path);
+      auto it = std::find_if(nodes->begin(), nodes->end(), [&](const Node& n) { return n.name == part; });
+      EXPECT_NE(it, nodes->end()) << part;
+      if (it == nodes->end()) return Id{};
+      t = *it->subtree;
+      path += "/" + part;
+    }
+    return t;
+  };
+  Id root1 = repo->FindSnapshot("latest")->second.tree, code1 = tree_of("code"), data1 = tree_of("data");
+  auto same = MustBackup(*repo);
+  EXPECT_EQ(same.files_unchanged, same.files_new + same.files_changed + same.files_unchanged);
+  EXPECT_EQ(IdHex(repo->FindSnapshot("latest")->second.tree), IdHex(root1));
+  // A removed file changes its directory and the root, not its siblings.
+  fs::remove(src_ + "/code/alias.py");
+  MustBackup(*repo);
+  EXPECT_NE(IdHex(tree_of("code")), IdHex(code1));
+  EXPECT_EQ(IdHex(tree_of("data")), IdHex(data1));
+  EXPECT_NE(IdHex(repo->FindSnapshot("latest")->second.tree), IdHex(root1));
+  // New metadata alone (mode) changes the tree too.
+  Id code2 = tree_of("code");
+  ::chmod((src_ + "/code/main.py").c_str(), 0700);
+  MustBackup(*repo);
+  EXPECT_NE(IdHex(tree_of("code")), IdHex(code2));
+  RestoreOptions ro;
+  ro.target = dir_ / "out";
+  ASSERT_TRUE(Restore(*repo, repo->FindSnapshot("latest")->second.tree, ro));
+  EXPECT_FALSE(fs::exists(dir_ / "out/ws/code/alias.py"));
+  EXPECT_EQ(fs::status(dir_ / "out/ws/code/main.py").permissions() & fs::perms::all, fs::perms::owner_all);
+  ExpectSameTree(src_, dir_ / "out/ws");
+}
+
+// Large files that are not in the page cache are read with O_DIRECT; the bytes must be exact,
+// including a tail that is not a multiple of the 4 KiB alignment.
+TEST_F(RepoTest, LargeUncachedFilesAreReadAroundThePageCacheExactly) {
+  const std::string big = src_ + "/data/shard.bin";
+  WriteFile(big, RandomData((13 << 20) + 777, 5));
+  {
+    int fd = ::open(big.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    ::fsync(fd);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    void* map = ::mmap(nullptr, 4096, PROT_READ, MAP_SHARED, fd, 0);
+    ASSERT_NE(map, MAP_FAILED);
+    unsigned char resident = 1;
+    ASSERT_EQ(::mincore(map, 4096, &resident), 0);
+    ::munmap(map, 4096);
+    bool cached = resident & 1;
+    ::close(fd);
+    if (cached) GTEST_SKIP() << "this filesystem keeps " << big << " cached after POSIX_FADV_DONTNEED (tmpfs?)";
+  }
+  auto repo = OpenRepo();
+  auto first = MustBackup(*repo);
+  // shard.bin, and the fixture's sparse image (4 MiB of hole before its tail, never cached).
+  EXPECT_EQ(first.files_read_direct, 2u) << "the uncached 13 MiB file should be read with O_DIRECT";
+  // Now it is cached (the backup read it... around the cache, so read it once more): buffered.
+  std::string copy;
+  {
+    std::ifstream in(big, std::ios::binary);
+    copy.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  BackupOptions o;
+  o.paths = {src_};
+  o.no_parent = true;
+  auto second = Backup(*repo, o);
+  ASSERT_TRUE(second);
+  EXPECT_EQ(second->files_read_direct, 1u) << "a cached file should be read through the cache";
+  EXPECT_EQ(second->bytes_added, 0u);
+  RestoreOptions ro;
+  ro.target = dir_ / "out";
+  ASSERT_TRUE(Restore(*repo, repo->FindSnapshot("latest")->second.tree, ro));
+  ExpectSameTree(src_, dir_ / "out/ws");
+}
+
 TEST_F(RepoTest, IncludeRestoresOneSubtree) {
   auto repo = OpenRepo();
   MustBackup(*repo);
@@ -437,6 +525,88 @@ TEST_F(RepoTest, HostileTreeNamesNeverEscapeTheTarget) {
   a.name = b.name = "x";
   a.type = b.type = "file";
   EXPECT_FALSE(DecodeTree(EncodeTree({a, b}), "w"));
+}
+
+// Trees are decoded by a strict fast parser with the general JSON parser behind it; both must
+// give the same nodes, whatever the names hold, and refuse the same damage.
+TEST(TreeCodec, EveryNodeSurvivesARoundTripThroughBothParsers) {
+  std::mt19937_64 rng(42);
+  std::vector<Node> nodes;
+  const std::vector<std::string> names = {"plain", "ünïcødé-名前", "quote\"in", "back\\slash", "tab\tand\nnewline",
+                                          "\x01ctrl", std::string(255, 'x'), "emoji-\xF0\x9F\x98\x80", " lead space"};
+  for (size_t i = 0; i < names.size() * 3; ++i) {
+    Node n;
+    n.name = names[i % names.size()] + "-" + std::to_string(i);
+    n.mode = static_cast<uint32_t>(rng() & 07777);
+    n.uid = static_cast<uint32_t>(rng());
+    n.gid = 4294967295u;
+    n.mtime_ns = i % 2 ? -static_cast<int64_t>(rng() >> 2) : static_cast<int64_t>(rng() >> 1);
+    n.ctime_ns = std::numeric_limits<int64_t>::min() + static_cast<int64_t>(i);
+    n.inode = rng();
+    n.dev = std::numeric_limits<uint64_t>::max();
+    n.nlink = 1 + i % 3;
+    n.size = rng() >> 3;
+    Id id;
+    for (auto& b : id) b = static_cast<uint8_t>(rng());
+    switch (i % 3) {
+      case 0:
+        n.type = "file";
+        for (size_t k = 0; k < i % 4; ++k) n.content.push_back(id);
+        break;
+      case 1:
+        n.type = "dir";
+        n.subtree = id;
+        break;
+      default:
+        n.type = "symlink";
+        n.target = i % 2 ? "../a \"b\"/c" : "/abs/target";
+    }
+    nodes.push_back(n);
+  }
+  std::string blob = EncodeTree(nodes);
+  auto back = DecodeTree(blob, "t");
+  ASSERT_TRUE(back) << back.error().message();
+  std::sort(nodes.begin(), nodes.end(), [](const Node& a, const Node& b) { return a.name < b.name; });
+  ASSERT_EQ(back->size(), nodes.size());
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const Node &a = nodes[i], &b = (*back)[i];
+    EXPECT_EQ(a.name, b.name);
+    EXPECT_EQ(a.type, b.type);
+    EXPECT_EQ(a.mode, b.mode);
+    EXPECT_EQ(a.uid, b.uid);
+    EXPECT_EQ(a.gid, b.gid);
+    EXPECT_EQ(a.mtime_ns, b.mtime_ns);
+    EXPECT_EQ(a.ctime_ns, b.ctime_ns);
+    EXPECT_EQ(a.inode, b.inode);
+    EXPECT_EQ(a.dev, b.dev);
+    EXPECT_EQ(a.nlink, b.nlink);
+    EXPECT_EQ(a.size, b.size);
+    EXPECT_EQ(a.content, b.content);
+    EXPECT_EQ(a.subtree, b.subtree);
+    EXPECT_EQ(a.target, b.target);
+  }
+  // Hand-written trees: key order, spacing and unsorted entries are accepted like any JSON ...
+  const std::string id64(64, 'a');
+  auto ok = DecodeTree(R"( { "nodes" : [ {"type":"dir","name":"b","subtree":")" + id64 +
+                           R"(","mode":1,"uid":0,"gid":0,"mtime_ns":-5,"ctime_ns":0,"inode":1,"dev":2,"nlink":1,"size":0},
+        {"name":"a","type":"file","content":[],"mode":1,"uid":0,"gid":0,"mtime_ns":0,"ctime_ns":0,"inode":1,"dev":2,"nlink":1,"size":0} ] } )",
+                       "t");
+  ASSERT_TRUE(ok) << ok.error().message();
+  ASSERT_EQ(ok->size(), 2u);
+  EXPECT_EQ((*ok)[0].mtime_ns, -5);
+  EXPECT_EQ((*ok)[1].name, "a");
+  // ... and damage is refused with the directory named, whichever parser sees it first.
+  const std::string good = EncodeTree({nodes[0]});
+  for (const std::string& broken :
+       {good.substr(0, good.size() - 3), std::string(R"({"nodes":[{"name":"x","type":"file"}]})"),
+        std::string(R"({"nodes":[{"name":"x","type":"dir","subtree":"zz","mode":1,"uid":0,"gid":0,"mtime_ns":0,"ctime_ns":0,"inode":1,"dev":2,"nlink":1,"size":0}]})"),
+        std::string(R"({"nodes":[{"name":"..","type":"file","content":[],"mode":1,"uid":0,"gid":0,"mtime_ns":0,"ctime_ns":0,"inode":1,"dev":2,"nlink":1,"size":0}]})"),
+        std::string(R"({"nodes":[{"name":"x","type":"fifo","mode":1,"uid":0,"gid":0,"mtime_ns":0,"ctime_ns":0,"inode":1,"dev":2,"nlink":1,"size":0}]})")}) {
+    auto r = DecodeTree(broken, "some/dir");
+    ASSERT_FALSE(r) << broken;
+    EXPECT_EQ(r.error().code(), Code::kCorruption);
+    EXPECT_NE(r.error().message().find("some/dir"), std::string::npos) << r.error().message();
+  }
 }
 
 TEST_F(RepoTest, UnknownFormatVersionIsRefused) {
