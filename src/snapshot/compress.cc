@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cmath>
+#include <cstring>
 
 namespace dumont::snapshot {
 
@@ -80,6 +81,27 @@ std::string Compress(std::string_view raw, CompressionMode mode, Compression* us
   return out;
 }
 
+Status DecompressInto(std::string_view stored, Compression c, size_t raw_length, char* out) {
+  if (raw_length > (size_t{1} << 31)) return Status::Corruption("blob length out of range");
+  if (c == Compression::kNone) {
+    if (stored.size() != raw_length) return Status::Corruption("stored blob has the wrong length");
+    std::memcpy(out, stored.data(), raw_length);
+    return Status::Ok();
+  }
+  if (c == Compression::kLz4) {
+    int n = LZ4_decompress_safe(stored.data(), out, static_cast<int>(stored.size()), static_cast<int>(raw_length));
+    if (n < 0 || static_cast<size_t>(n) != raw_length) return Status::Corruption("lz4 data is damaged");
+    return Status::Ok();
+  }
+  if (c == Compression::kZstd) {
+    thread_local ZSTD_DCtx* dctx = ZSTD_createDCtx();
+    size_t n = ZSTD_decompressDCtx(dctx, out, raw_length, stored.data(), stored.size());
+    if (ZSTD_isError(n) || n != raw_length) return Status::Corruption("zstd data is damaged");
+    return Status::Ok();
+  }
+  return Status::Corruption("unknown compression type " + std::to_string(static_cast<int>(c)));
+}
+
 Result<std::string> Decompress(std::string_view stored, Compression c, size_t raw_length) {
   if (c == Compression::kNone) {
     if (stored.size() != raw_length) return Err(Status::Corruption("stored blob has the wrong length"));
@@ -87,18 +109,9 @@ Result<std::string> Decompress(std::string_view stored, Compression c, size_t ra
   }
   if (raw_length > (size_t{1} << 31)) return Err(Status::Corruption("blob length out of range"));
   std::string out(raw_length, '\0');
-  if (c == Compression::kLz4) {
-    int n = LZ4_decompress_safe(stored.data(), out.data(), static_cast<int>(stored.size()), static_cast<int>(raw_length));
-    if (n < 0 || static_cast<size_t>(n) != raw_length) return Err(Status::Corruption("lz4 data is damaged"));
-    return out;
-  }
-  if (c == Compression::kZstd) {
-    thread_local ZSTD_DCtx* dctx = ZSTD_createDCtx();
-    size_t n = ZSTD_decompressDCtx(dctx, out.data(), out.size(), stored.data(), stored.size());
-    if (ZSTD_isError(n) || n != raw_length) return Err(Status::Corruption("zstd data is damaged"));
-    return out;
-  }
-  return Err(Status::Corruption("unknown compression type " + std::to_string(static_cast<int>(c))));
+  Status st = DecompressInto(stored, c, raw_length, out.data());
+  if (!st.ok()) return Err(st);
+  return out;
 }
 
 }  // namespace dumont::snapshot

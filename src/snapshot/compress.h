@@ -23,5 +23,7 @@ double SampleEntropy(std::string_view data);
 // Returns the stored form and sets *used.
 std::string Compress(std::string_view raw, CompressionMode mode, Compression* used);
 Result<std::string> Decompress(std::string_view stored, Compression c, size_t raw_length);
+// The same into out[0, raw_length) (the restorer decompresses into aligned buffers for O_DIRECT).
+Status DecompressInto(std::string_view stored, Compression c, size_t raw_length, char* out);
 
 }  // namespace dumont::snapshot

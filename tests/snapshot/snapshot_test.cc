@@ -378,7 +378,10 @@ TEST_F(RepoTest, UnchangedDirectoriesKeepTheirParentTreesAndChangesDoNot) {
 // including a tail that is not a multiple of the 4 KiB alignment.
 TEST_F(RepoTest, LargeUncachedFilesAreReadAroundThePageCacheExactly) {
   const std::string big = src_ + "/data/shard.bin";
-  WriteFile(big, RandomData((13 << 20) + 777, 5));
+  // Random data with runs of zero pages at offsets that are not page-aligned, and an odd tail.
+  std::string content = RandomData((13 << 20) + 777, 5);
+  for (size_t off = 1000; off + (96 << 10) < content.size(); off += 1 << 20) std::memset(content.data() + off, 0, 96 << 10);
+  WriteFile(big, content);
   {
     int fd = ::open(big.c_str(), O_RDONLY);
     ASSERT_GE(fd, 0);
@@ -412,8 +415,22 @@ TEST_F(RepoTest, LargeUncachedFilesAreReadAroundThePageCacheExactly) {
   EXPECT_EQ(second->bytes_added, 0u);
   RestoreOptions ro;
   ro.target = dir_ / "out";
-  ASSERT_TRUE(Restore(*repo, repo->FindSnapshot("latest")->second.tree, ro));
+  auto restored = Restore(*repo, repo->FindSnapshot("latest")->second.tree, ro);
+  ASSERT_TRUE(restored) << restored.error().message();
+  // The middle of the large chunks went around the page cache; the zero pages stayed holes.
+  EXPECT_GT(restored->bytes_written_direct, 256u << 10);  // chunks of >= 64 KiB (the test chunker averages 32 KiB)
   ExpectSameTree(src_, dir_ / "out/ws");
+  struct stat st{};
+  ASSERT_EQ(::stat((dir_ / "out/ws/data/shard.bin").c_str(), &st), 0);
+  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, content.size() - (12u * (80u << 10)))
+      << "zero pages inside large chunks were written out";
+  // The same restore through the page cache only gives the same bytes.
+  ro.target = dir_ / "out2";
+  ro.direct_io = false;
+  auto buffered = Restore(*repo, repo->FindSnapshot("latest")->second.tree, ro);
+  ASSERT_TRUE(buffered);
+  EXPECT_EQ(buffered->bytes_written_direct, 0u);
+  ExpectSameTree(src_, dir_ / "out2/ws");
 }
 
 TEST_F(RepoTest, IncludeRestoresOneSubtree) {
