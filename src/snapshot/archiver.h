@@ -1,7 +1,8 @@
 // Archiver: backs up paths into a snapshot. Pipeline: a walker (this thread) -> file readers (a pool)
 // that chunk each file -> chunk workers (a second pool) that hash, dedup, compress, seal and hand
 // blobs to the repository's packer -> the repository's uploaders. Every stage is bounded, so memory
-// stays under: readers x 2 x max chunk + chunk workers x 2 x max chunk + (connections + 1) x pack size.
+// stays under the bound in docs/repository-format.md ("Memory bounds"). Large uncached files are
+// read with O_DIRECT ("I/O around the page cache").
 // Files whose size, mtime, ctime and inode match the parent snapshot reuse its chunk list unread.
 // Engines never print: progress goes to a callback.
 #pragma once
@@ -24,7 +25,7 @@ struct BackupOptions {
   std::optional<std::string> parent;  // snapshot ref; default: latest with the same host and paths
   bool no_parent = false;
   std::string hostname;               // default: this host
-  int readers = 0;                    // 0 = min(4, cores)
+  int readers = 0;                    // 0 = clamp(4 x cores, 4, 16)
   int workers = 0;                    // 0 = cores
   bool direct_io = true;              // O_DIRECT reads of large uncached files
 };

@@ -11,7 +11,12 @@
 
 namespace dumont::snapshot {
 
-enum class Compression : uint8_t { kNone = 0, kZstd = 1, kLz4 = 2 };
+// kZstdShuffle2/4: zstd of the data with its bytes grouped by position modulo 2 (fp16/bf16) or 4
+// (fp32) - all first bytes, then all second bytes, ... - and any remainder after them unchanged.
+// Model weights keep their exponents in the high bytes: grouped, those compress; interleaved with
+// random mantissa bytes, they barely do (measured on fp16-like shards: 0.905 -> 0.813 of raw).
+enum class Compression : uint8_t { kNone = 0, kZstd = 1, kLz4 = 2, kZstdShuffle2 = 3, kZstdShuffle4 = 4 };
+constexpr Compression kMaxCompression = Compression::kZstdShuffle4;
 enum class CompressionMode { kAuto, kZstd, kLz4, kOff };  // auto = fast zstd
 
 bool ParseCompressionMode(std::string_view s, CompressionMode* out);
@@ -19,6 +24,8 @@ std::string_view CompressionModeName(CompressionMode m);
 
 // Bits of entropy per byte of a sample of data (0..8).
 double SampleEntropy(std::string_view data);
+// The same, averaged over the `stride` byte lanes (bytes i, i+stride, ...), each estimated alone.
+double SampleLaneEntropy(std::string_view data, size_t stride);
 
 // Returns the stored form and sets *used.
 std::string Compress(std::string_view raw, CompressionMode mode, Compression* used);

@@ -48,7 +48,7 @@ bool ParseEntry(const json& e, Id* id, BlobLocation* l) {
     if (!e.contains(k) || !e[k].is_number_unsigned()) return false;
   }
   int t = e["t"], c = e["c"];
-  if (t > 1 || c > 2) return false;
+  if (t > 1 || c > static_cast<int>(kMaxCompression)) return false;
   l->type = static_cast<BlobType>(t);
   l->offset = e["o"];
   l->length = e["l"];
