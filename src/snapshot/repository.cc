@@ -370,25 +370,28 @@ Result<bool> Repository::SaveBlob(BlobType t, const Id& id, std::string_view pla
   std::string sealed = Seal(key_, body);
   if (stored_bytes) *stored_bytes = sealed.size();
   std::unique_lock lock(mu_);
-  if (!open_pack_) {
-    open_pack_ = std::make_shared<PendingPack>();
-    open_pack_->data.reserve(pack_target_ + (1 << 20));
+  // Trees and data go to separate packs: a snapshot's trees then sit together in a few packs that
+  // PrefetchTrees reads with one request each.
+  auto& open_pack = open_packs_[t == BlobType::kTree ? 1 : 0];
+  if (!open_pack) {
+    open_pack = std::make_shared<PendingPack>();
+    open_pack->data.reserve(t == BlobType::kTree ? (1 << 20) : pack_target_ + (1 << 20));
   }
   BlobLocation l;
   l.type = t;
-  l.offset = static_cast<uint32_t>(open_pack_->data.size());
+  l.offset = static_cast<uint32_t>(open_pack->data.size());
   l.length = static_cast<uint32_t>(sealed.size());
   l.raw_length = static_cast<uint32_t>(plaintext.size());
   l.compression = used;
-  open_pack_->data += sealed;
-  open_pack_->entries.emplace_back(id, l);
-  if (open_pack_->data.size() >= pack_target_) DUMONT_RETURN_IF_ERROR(SealAndQueueLocked(lock));
+  open_pack->data += sealed;
+  open_pack->entries.emplace_back(id, l);
+  if (open_pack->data.size() >= pack_target_) DUMONT_RETURN_IF_ERROR(SealAndQueueLocked(lock, open_pack));
   return true;
 }
 
-Status Repository::SealAndQueueLocked(std::unique_lock<std::mutex>& lock) {
-  auto pack = std::move(open_pack_);
-  open_pack_.reset();
+Status Repository::SealAndQueueLocked(std::unique_lock<std::mutex>& lock, std::shared_ptr<PendingPack>& open) {
+  auto pack = std::move(open);
+  open.reset();
   if (!pack) return Status::Ok();
   json header = json::array();
   for (const auto& [id, l] : pack->entries) header.push_back(EntryJson(id, l));
@@ -454,7 +457,7 @@ Status Repository::WriteIndexLocked(std::unique_lock<std::mutex>& lock) {
 Status Repository::Flush() {
   std::unique_lock lock(mu_);
   if (!upload_error_.ok()) return upload_error_;
-  DUMONT_RETURN_STATUS_IF_ERROR(SealAndQueueLocked(lock));
+  for (auto& open : open_packs_) DUMONT_RETURN_STATUS_IF_ERROR(SealAndQueueLocked(lock, open));
   cv_.wait(lock, [&] { return uploads_in_flight_ == 0; });
   if (!upload_error_.ok()) return upload_error_;
   return WriteIndexLocked(lock);
@@ -481,6 +484,18 @@ Result<std::vector<PackHeaderEntry>> ReadPackHeader(const MasterKey& key, const 
   return out;
 }
 
+Result<std::string> Repository::OpenBlob(const Id& id, const BlobLocation& loc, std::string_view sealed) const {
+  std::string pack = IdHex(loc.pack);
+  auto body = Unseal(key_, sealed);
+  if (!body) return Err(body.error().Annotate("blob " + IdHex(id) + " in pack " + pack));
+  auto plain = Decompress(*body, loc.compression, loc.raw_length);
+  if (!plain) return Err(plain.error().Annotate("blob " + IdHex(id) + " in pack " + pack));
+  if (BlobId(*plain) != id) {
+    return Err(Status::Corruption("blob " + IdHex(id) + " in pack " + pack + " does not match its id"));
+  }
+  return plain;
+}
+
 Result<std::string> Repository::LoadBlob(const Id& id) {
   {
     std::lock_guard l(tree_cache_mu_);
@@ -495,40 +510,94 @@ Result<std::string> Repository::LoadBlob(const Id& id) {
   std::string pack = IdHex(loc->pack);
   auto sealed = backend_->Load({FileType::kPack, pack}, loc->offset, loc->length);
   if (!sealed) return Err(sealed.error().Annotate("reading blob " + IdHex(id).substr(0, 12) + " from pack " + pack));
-  auto body = Unseal(key_, *sealed);
-  if (!body) return Err(body.error().Annotate("blob " + IdHex(id) + " in pack " + pack));
-  auto plain = Decompress(*body, loc->compression, loc->raw_length);
-  if (!plain) return Err(plain.error().Annotate("blob " + IdHex(id) + " in pack " + pack));
-  if (BlobId(*plain) != id) {
-    return Err(Status::Corruption("blob " + IdHex(id) + " in pack " + pack + " does not match its id"));
-  }
-  return plain;
+  return OpenBlob(id, *loc, *sealed);
 }
 
 void Repository::PrefetchTrees(const Id& root, int parallelism) {
+  // The tree blobs of every pack, by offset. A pack whose tree blobs fill at least half of their
+  // span (always, for the tree-only packs written since trees got their own packs) is read with one
+  // request and all its trees are cached; other trees are read one request each.
+  std::unordered_map<Id, std::vector<std::pair<Id, BlobLocation>>, IdHash> trees_by_pack;
+  {
+    std::lock_guard l(mu_);
+    for (const auto& [id, loc] : index_) {
+      if (loc.type == BlobType::kTree) trees_by_pack[loc.pack].emplace_back(id, loc);
+    }
+  }
+  for (auto& [pack, v] : trees_by_pack) {
+    std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.second.offset < b.second.offset; });
+  }
+  std::unordered_map<Id, bool, IdHash> packs_read;
   std::vector<Id> level = {root};
   std::unordered_map<Id, bool, IdHash> seen = {{root, true}};
   while (!level.empty()) {
-    std::vector<Result<std::string>> blobs(level.size(), Err(Status::NotFound("")));
+    // Work for this level: whole packs (span reads) and single trees.
+    std::vector<Id> span_packs, singles;
+    {
+      std::lock_guard l(tree_cache_mu_);
+      for (const Id& id : level) {
+        if (tree_cache_.count(id)) continue;
+        auto loc = Lookup(id);
+        if (!loc) continue;  // the walk reports it
+        auto it = trees_by_pack.find(loc->pack);
+        uint64_t lo = UINT64_MAX, hi = 0, bytes = 0;
+        if (it != trees_by_pack.end()) {
+          for (const auto& [tid, tl] : it->second) {
+            lo = std::min<uint64_t>(lo, tl.offset);
+            hi = std::max<uint64_t>(hi, uint64_t{tl.offset} + tl.length);
+            bytes += tl.length;
+          }
+        }
+        bool dense = it != trees_by_pack.end() && it->second.size() > 1 && bytes * 2 >= hi - lo && hi - lo <= (64u << 20);
+        if (dense) {
+          if (packs_read.emplace(loc->pack, true).second) span_packs.push_back(loc->pack);
+        } else {
+          singles.push_back(id);
+        }
+      }
+    }
+    std::vector<std::pair<Id, std::string>> got;
+    std::mutex got_mu;
     std::atomic<size_t> next{0};
+    size_t total = span_packs.size() + singles.size();
     auto work = [&] {
-      for (size_t k; (k = next++) < level.size();) blobs[k] = LoadBlob(level[k]);
+      for (size_t k; (k = next++) < total;) {
+        std::vector<std::pair<Id, std::string>> mine;
+        if (k < span_packs.size()) {
+          const auto& trees = trees_by_pack[span_packs[k]];
+          uint64_t lo = trees.front().second.offset, hi = 0;
+          for (const auto& [tid, tl] : trees) hi = std::max<uint64_t>(hi, uint64_t{tl.offset} + tl.length);
+          auto span = backend_->Load({FileType::kPack, IdHex(span_packs[k])}, static_cast<int64_t>(lo), static_cast<int64_t>(hi - lo));
+          if (!span) continue;  // LoadBlob retries each tree and reports errors
+          for (const auto& [tid, tl] : trees) {
+            auto plain = OpenBlob(tid, tl, std::string_view(*span).substr(tl.offset - lo, tl.length));
+            if (plain) mine.emplace_back(tid, std::move(*plain));
+          }
+        } else {
+          const Id& id = singles[k - span_packs.size()];
+          auto plain = LoadBlob(id);
+          if (plain) mine.emplace_back(id, std::move(*plain));
+        }
+        std::lock_guard l(got_mu);
+        for (auto& m : mine) got.push_back(std::move(m));
+      }
     };
     std::vector<std::thread> threads;
-    size_t n = std::min<size_t>(std::max(1, parallelism), level.size());
+    size_t n = std::min<size_t>(std::max(1, parallelism), total);
     for (size_t t = 1; t < n; ++t) threads.emplace_back(work);
-    work();
+    if (total) work();
     for (auto& t : threads) t.join();
     std::vector<Id> below;
     std::lock_guard l(tree_cache_mu_);
-    for (size_t k = 0; k < level.size(); ++k) {
-      if (!blobs[k]) continue;
-      auto nodes = DecodeTree(*blobs[k], "");
+    for (auto& [id, blob] : got) tree_cache_.emplace(id, std::move(blob));
+    for (const Id& id : level) {
+      auto it = tree_cache_.find(id);
+      if (it == tree_cache_.end()) continue;
+      auto nodes = DecodeTree(it->second, "");
       if (!nodes) continue;
       for (const auto& node : *nodes) {
         if (node.type == "dir" && node.subtree && seen.emplace(*node.subtree, true).second) below.push_back(*node.subtree);
       }
-      tree_cache_.emplace(level[k], std::move(*blobs[k]));
     }
     level = std::move(below);
   }

@@ -155,8 +155,10 @@ class Repository {
  private:
   explicit Repository(std::unique_ptr<Backend> b);
   struct PendingPack;
-  Status SealAndQueueLocked(std::unique_lock<std::mutex>& lock);
+  Status SealAndQueueLocked(std::unique_lock<std::mutex>& lock, std::shared_ptr<PendingPack>& open);
   Status WritePack(const Id& id, const PendingPack& p);
+  // Unseals, decompresses and verifies one blob read from its pack.
+  Result<std::string> OpenBlob(const Id& id, const BlobLocation& loc, std::string_view sealed) const;
   Status WriteIndexLocked(std::unique_lock<std::mutex>& lock);
   Result<std::string> SaveJsonFile(FileType t, const nlohmann::json& j);
   Result<nlohmann::json> LoadJsonFile(const Handle& h);
@@ -174,7 +176,7 @@ class Repository {
   std::condition_variable cv_;
   std::unordered_map<Id, BlobLocation, IdHash> index_;
   std::unordered_set<Id, IdHash> pending_ids_;  // in an open or uploading pack
-  std::shared_ptr<PendingPack> open_pack_;
+  std::shared_ptr<PendingPack> open_packs_[2];  // data, trees
   int uploads_in_flight_ = 0;
   Status upload_error_;  // sticky
   std::vector<std::pair<Id, std::vector<std::pair<Id, BlobLocation>>>> unindexed_;  // uploaded packs

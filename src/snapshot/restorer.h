@@ -20,6 +20,7 @@ struct RestoreOptions {
   std::string include;  // a path inside the snapshot ("ws/data/x"); empty = everything
   int workers = 0;      // 0 = max(cores, backend connections)
   bool direct_io = true;  // write the page-aligned middle of large chunks with O_DIRECT
+  uint64_t max_bytes_in_flight = 256ull << 20;  // pack data fetched and not yet written, all workers
 };
 
 struct RestoreProgress {
