@@ -191,7 +191,7 @@ class Run {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOATIME);
     if (fd < 0 && errno == EPERM) fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return Err(Status::IOError("cannot open " + path + ": " + std::strerror(errno)));
-    const bool direct = opts_.direct_io && UseDirectRead(fd);
+    bool direct = opts_.direct_io && UseDirectRead(fd);
     if (direct) ++files_read_direct_;
     if (!direct) posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     const size_t max = chunker_.params().max_size;
@@ -243,6 +243,13 @@ class Run {
         ssize_t n = ::read(fd, buf + end, want);
         if (n < 0) {
           if (errno == EINTR) continue;
+          if (errno == EINVAL && direct) {  // the filesystem took O_DIRECT but refuses the read
+            int fl = ::fcntl(fd, F_GETFL);
+            if (fl >= 0 && ::fcntl(fd, F_SETFL, fl & ~O_DIRECT) == 0) {
+              direct = false;
+              continue;
+            }
+          }
           err = Status::IOError("cannot read " + path + ": " + std::strerror(errno));
           break;
         }
