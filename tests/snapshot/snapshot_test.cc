@@ -15,6 +15,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/random.h"
 #include "snapshot/archiver.h"
 #include "snapshot/backend_retry.h"
 #include "snapshot/chunker.h"
@@ -529,6 +530,85 @@ TEST_F(RepoTest, TreesHaveTheirOwnPacksAndArePrefetchedOnePackPerRequest) {
   ASSERT_TRUE(Restore(*repo, root, ro));
   ExpectSameTree(src_, dir_ / "out/ws");
   EXPECT_GT(fb->operations(), before_restore);  // the data
+}
+
+// Index files go through a strict fast parser with nlohmann behind it: the index this package
+// writes, a reformatted one and one with escapes must load to the same entries, and a bad entry is
+// refused by both.
+TEST_F(RepoTest, IndexFilesLoadTheSameThroughTheFastAndTheGeneralParser) {
+  {
+    auto repo = OpenRepo();
+    MustBackup(*repo);
+  }
+  std::map<Id, std::vector<std::pair<Id, BlobLocation>>> want;
+  std::vector<std::string> old_files;
+  MasterKey key;
+  {
+    auto repo = OpenRepo();
+    want = repo->IndexByPack();
+    old_files = repo->IndexFiles();
+    key = repo->key();
+  }
+  ASSERT_FALSE(want.empty());
+  auto same = [&](Repository& r) {
+    auto got = r.IndexByPack();
+    ASSERT_EQ(got.size(), want.size());
+    for (const auto& [pack, blobs] : want) {
+      auto it = got.find(pack);
+      ASSERT_NE(it, got.end());
+      ASSERT_EQ(it->second.size(), blobs.size());
+      for (size_t i = 0; i < blobs.size(); ++i) {
+        EXPECT_EQ(it->second[i].first, blobs[i].first);
+        const BlobLocation &a = it->second[i].second, &b = blobs[i].second;
+        EXPECT_TRUE(a.type == b.type && a.offset == b.offset && a.length == b.length && a.raw_length == b.raw_length &&
+                    a.compression == b.compression && a.pack == b.pack);
+      }
+    }
+  };
+  // Writes `text` as the only index file, sealed like the repository writes it.
+  auto install = [&](const std::string& text) {
+    auto b = NewLocalBackend(repo_dir_);
+    auto listed = b->List(FileType::kIndex);
+    for (const auto& f : *listed) ASSERT_TRUE(b->Remove({FileType::kIndex, f.name}).ok());
+    std::string plain(1, '\0');
+    uint64_t n = text.size();
+    plain.append(reinterpret_cast<const char*>(&n), 8);
+    plain += text;
+    std::string sealed = Seal(key, plain);
+    ASSERT_TRUE(b->Save({FileType::kIndex, IdHex(Sha256(sealed))}, sealed).ok());
+  };
+  auto index_text = [&](bool escape_first_id, int bad_compression) {
+    std::string t = "{\n  \"packs\" : [\n";
+    bool first_pack = true, first_blob = true;
+    for (const auto& [pack, blobs] : want) {
+      t += std::string(first_pack ? "" : ",\n") + "   { \"blobs\": [";
+      first_pack = false;
+      for (size_t i = 0; i < blobs.size(); ++i) {
+        const auto& [id, l] = blobs[i];
+        std::string hex = IdHex(id);
+        if (escape_first_id && first_blob) hex = "\\u00" + HexEncode(hex.substr(0, 1)) + hex.substr(1);
+        int c = first_blob && bad_compression ? bad_compression : static_cast<int>(l.compression);
+        first_blob = false;
+        // Keys in another order than the writer's, with spaces.
+        t += std::string(i ? ", " : "") + "{\"u\": " + std::to_string(l.raw_length) + ", \"c\": " + std::to_string(c) +
+             ", \"t\": " + std::to_string(static_cast<int>(l.type)) + ", \"o\": " + std::to_string(l.offset) +
+             ", \"l\": " + std::to_string(l.length) + ", \"id\": \"" + hex + "\"}";
+      }
+      t += "], \"id\": \"" + IdHex(pack) + "\" }";
+    }
+    return t + "\n  ]\n}\n";
+  };
+  for (bool escape : {false, true}) {
+    SCOPED_TRACE(escape ? "with an escape (general parser)" : "reformatted (fast parser)");
+    install(index_text(escape, 0));
+    auto repo = OpenRepo();
+    ASSERT_TRUE(repo);
+    same(*repo);
+  }
+  install(index_text(false, 9));
+  auto bad = Repository::Open(NewLocalBackend(repo_dir_), "pw");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find("malformed blob entry"), std::string::npos) << bad.error().message();
 }
 
 TEST_F(RepoTest, IncludeRestoresOneSubtree) {
