@@ -471,7 +471,6 @@ Status Repository::SealAndQueueLocked(std::unique_lock<std::mutex>& lock, std::s
     // The pack's id (SHA-256 of its bytes) is computed once, outside the lock.
     Id pack_id = Sha256(pack->data);
     Status st = WritePack(pack_id, *pack);
-    std::vector<std::pair<Id, std::vector<std::pair<Id, BlobLocation>>>> to_index;
     {
       std::lock_guard l(mu_);
       --uploads_in_flight_;

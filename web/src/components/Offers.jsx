@@ -3,7 +3,7 @@
 import { useId, useRef, useState } from 'react';
 import { money, pct } from '../format.js';
 import { useLoad } from '../useLoad.js';
-import { ErrorBox, Loading } from './ui.jsx';
+import { ErrorBox, Loading, ProviderErrors } from './ui.jsx';
 
 // Filters the API takes; min_reliability is applied here (the offers route has no such parameter).
 export const EMPTY_FILTERS = { gpu: '', num_gpus: '', min_vram: '', max_price: '', region: '', provider: '', sort: 'price', min_reliability: '' };
@@ -143,12 +143,7 @@ export function Offers({ api, canMutate, onDeploy, onProviders }) {
       </form>
       {data.loading && !d ? <Loading label="Loading offers…" /> : null}
       <ErrorBox error={data.error} title="Cannot load offers" onRetry={data.reload} />
-      {d && d.provider_errors && d.provider_errors.length ? (
-        <div className="warn" role="status" data-testid="provider-errors">
-          <strong>Some providers did not answer: </strong>
-          {d.provider_errors.map((e) => `${e.provider}: ${e.error || e.message || 'error'}`).join('; ')}
-        </div>
-      ) : null}
+      <ProviderErrors errors={d && d.provider_errors} />
       {d ? (
         offers.length ? (
           <div className="table-wrap">

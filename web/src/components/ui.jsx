@@ -16,6 +16,17 @@ export function ErrorBox({ error, onRetry, title }) {
   );
 }
 
+// The providers a market query could not reach (`provider_errors` of /offers and /metrics/spot/*):
+// shown beside whatever the others answered.
+export function ProviderErrors({ errors }) {
+  if (!errors || !errors.length) return null;
+  return (
+    <div className="warn" role="status" data-testid="provider-errors">
+      Some providers did not answer: {errors.map((e) => `${e.provider}: ${e.error || e.message || 'error'}`).join('; ')}
+    </div>
+  );
+}
+
 export function Loading({ label = 'Loading…' }) {
   return (
     <p className="loading" role="status" aria-live="polite">

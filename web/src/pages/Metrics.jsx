@@ -5,7 +5,7 @@ import { useId, useMemo, useState } from 'react';
 import { useAuth } from '../auth.jsx';
 import { BarChart, TimeLineChart } from '../components/Charts.jsx';
 import { MachineHistory } from '../components/MachineHistory.jsx';
-import { ErrorBox, Loading, Sparkline } from '../components/ui.jsx';
+import { ErrorBox, Loading, ProviderErrors, Sparkline } from '../components/ui.jsx';
 import { age, money, pct } from '../format.js';
 import { useLoad } from '../useLoad.js';
 
@@ -367,11 +367,7 @@ function Reliability({ api }) {
   return (
     <Section title="Reliability: the providers' figure and ours" id={`${id}-h`}>
       <State load={data} label="reliability" empty={data.data && !rows.length ? 'No market data yet.' : null} />
-      {errors.length ? (
-        <div className="warn" role="status">
-          Some providers did not answer: {errors.map((e) => `${e.provider}: ${e.error || e.message || 'error'}`).join('; ')}
-        </div>
-      ) : null}
+      <ProviderErrors errors={errors} />
       {rows.length ? (
         <div className="table-wrap">
           <table aria-label="Reliability">
