@@ -5,6 +5,7 @@
 #include <openssl/sha.h>
 #include <sodium.h>
 
+#include <array>
 #include <cstring>
 #include <memory>
 
@@ -16,20 +17,29 @@ std::string IdHex(const Id& id) {
   return HexEncode(std::string_view(reinterpret_cast<const char*>(id.data()), id.size()));
 }
 
+namespace {
+// Hex digit values; 0xff for anything else. Trees and index files hold an id per entry, and the
+// branchy per-character parse was 5 % of an unchanged re-backup.
+constexpr std::array<uint8_t, 256> kHexValue = [] {
+  std::array<uint8_t, 256> t{};
+  for (auto& v : t) v = 0xff;
+  for (int c = 0; c < 10; ++c) t['0' + c] = static_cast<uint8_t>(c);
+  for (int c = 0; c < 6; ++c) t['a' + c] = t['A' + c] = static_cast<uint8_t>(10 + c);
+  return t;
+}();
+}  // namespace
+
 bool ParseId(std::string_view hex, Id* out) {
   if (hex.size() != 64) return false;
-  auto val = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
   Id id;
+  uint8_t bad = 0;
   for (size_t i = 0; i < 32; ++i) {
-    int hi = val(hex[2 * i]), lo = val(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) return false;
-    id[i] = static_cast<uint8_t>((hi << 4) | lo);
+    uint8_t hi = kHexValue[static_cast<unsigned char>(hex[2 * i])];
+    uint8_t lo = kHexValue[static_cast<unsigned char>(hex[2 * i + 1])];
+    bad |= (hi | lo) & 0xf0;
+    id[i] = static_cast<uint8_t>((hi << 4) | (lo & 0x0f));
   }
+  if (bad) return false;
   *out = id;
   return true;
 }

@@ -182,6 +182,26 @@ TEST(Compression, WeightsAreGroupedByByteLaneAndRoundTripExactly) {
   EXPECT_EQ(used, Compression::kNone);
 }
 
+TEST(Crypto, ParseIdAcceptsExactlySixtyFourHexDigits) {
+  std::string hex;
+  for (int i = 0; i < 32; ++i) hex += "0123456789abcdefABCDEF"[i % 22], hex += "fedcba9876543210"[i % 16];
+  Id id;
+  ASSERT_TRUE(ParseId(hex, &id));
+  EXPECT_EQ(IdHex(id), [&] { std::string l = hex; for (auto& c : l) c = static_cast<char>(std::tolower(c)); return l; }());
+  Id untouched = id;
+  for (char bad : {'g', 'G', ' ', '\0', '/', ':', '@', '`', '\xff'}) {
+    for (size_t at : {size_t{0}, size_t{31}, size_t{63}}) {
+      std::string b = hex;
+      b[at] = bad;
+      EXPECT_FALSE(ParseId(b, &id)) << "byte " << int(static_cast<unsigned char>(bad)) << " at " << at;
+      EXPECT_EQ(id, untouched) << "a failed parse must not write the id";
+    }
+  }
+  EXPECT_FALSE(ParseId(hex.substr(1), &id));
+  EXPECT_FALSE(ParseId(hex + "0", &id));
+  EXPECT_FALSE(ParseId("", &id));
+}
+
 TEST(Crypto, SealDetectsTamperingAndIdsAreKeyed) {
   MasterKey k = MasterKey::Random(), other = MasterKey::Random();
   std::string sealed = Seal(k, "secret weights");
@@ -430,6 +450,43 @@ TEST_F(RepoTest, UnchangedDirectoriesKeepTheirParentTreesAndChangesDoNot) {
   EXPECT_FALSE(fs::exists(dir_ / "out/ws/code/alias.py"));
   EXPECT_EQ(fs::status(dir_ / "out/ws/code/main.py").permissions() & fs::perms::all, fs::perms::owner_all);
   ExpectSameTree(src_, dir_ / "out/ws");
+}
+
+// Directories are walked by several threads at once: a wide and deep tree with changes scattered
+// through it must give exact counts, every change, and the parent's tree for each untouched branch.
+TEST_F(RepoTest, AParallelWalkCountsAndKeepsEveryChangeInAWideTree) {
+  auto repo = OpenRepo();
+  for (int d = 0; d < 60; ++d) {
+    for (int s = 0; s < 3; ++s) {
+      for (int f = 0; f < 4; ++f) {
+        WriteFile(src_ + "/wide/d" + std::to_string(d) + "/s" + std::to_string(s) + "/f" + std::to_string(f),
+                  "file " + std::to_string(d * 100 + s * 10 + f) + "\n");
+      }
+    }
+  }
+  uint64_t dirs = 1;  // the root
+  for (auto& e : fs::recursive_directory_iterator(src_)) dirs += e.is_directory() && !e.is_symlink();
+  auto first = MustBackup(*repo);
+  EXPECT_EQ(first.files_new, 9u + 60 * 3 * 4);
+  EXPECT_EQ(first.dirs, dirs);
+  auto again = MustBackup(*repo);
+  EXPECT_EQ(again.files_unchanged, first.files_new);
+  EXPECT_EQ(again.files_new + again.files_changed, 0u);
+  // Changes in 7 directories far apart, 3 new files, 2 removed.
+  for (int d : {0, 9, 17, 28, 33, 41, 59}) WriteFile(src_ + "/wide/d" + std::to_string(d) + "/s1/f2", "changed, longer\n");
+  for (int d : {5, 25, 45}) WriteFile(src_ + "/wide/d" + std::to_string(d) + "/s2/new", "new\n");
+  fs::remove(src_ + "/wide/d12/s0/f0");
+  fs::remove(src_ + "/wide/d50/s0/f3");
+  auto third = MustBackup(*repo);
+  EXPECT_EQ(third.files_changed, 7u);
+  EXPECT_EQ(third.files_new, 3u);
+  EXPECT_EQ(third.files_unchanged, first.files_new - 7 - 2);
+  EXPECT_EQ(third.dirs, first.dirs);
+  RestoreOptions ro;
+  ro.target = dir_ / "out";
+  ASSERT_TRUE(Restore(*repo, repo->FindSnapshot("latest")->second.tree, ro));
+  ExpectSameTree(src_, dir_ / "out/ws");
+  ExpectSameTree(dir_ / "out/ws", src_);  // and nothing more
 }
 
 // Large files that are not in the page cache are read with O_DIRECT; the bytes must be exact,
