@@ -1,6 +1,7 @@
 #include "snapshot/tree.h"
 
 #include <algorithm>
+#include <charconv>
 #include <iterator>
 #include <set>
 
@@ -16,8 +17,8 @@ bool ValidName(const std::string& n) {
   return !n.empty() && n != "." && n != ".." && n.find('/') == std::string::npos && n.find('\0') == std::string::npos;
 }
 
-std::string EncodeTree(std::vector<Node> nodes) {
-  std::sort(nodes.begin(), nodes.end(), [](const Node& a, const Node& b) { return a.name < b.name; });
+namespace {
+std::string EncodeTreeGeneral(const std::vector<Node>& nodes) {
   json arr = json::array();
   for (const auto& n : nodes) {
     json j = {{"name", n.name}, {"type", n.type}, {"mode", n.mode}, {"uid", n.uid}, {"gid", n.gid},
@@ -33,6 +34,76 @@ std::string EncodeTree(std::vector<Node> nodes) {
     arr.push_back(j);
   }
   return json{{"nodes", arr}}.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+// Strings that nlohmann writes as they are: printable ASCII without quote or backslash.
+bool Plain(std::string_view s) {
+  for (unsigned char c : s) {
+    if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') return false;
+  }
+  return true;
+}
+
+// The same bytes as EncodeTreeGeneral (keys in nlohmann's sorted order, no spaces) for trees
+// whose strings are all plain; false otherwise. Encoding changed directories with the DOM was a
+// fifth of a 2 % mutated re-backup.
+bool FastEncodeTree(const std::vector<Node>& nodes, std::string* out) {
+  out->clear();
+  out->reserve(64 + nodes.size() * 320);
+  char num[24];
+  auto put_num = [&](auto v) {
+    auto r = std::to_chars(num, num + sizeof num, v);
+    out->append(num, r.ptr);
+  };
+  auto put_id = [&](const Id& id) {
+    static constexpr char kHex[] = "0123456789abcdef";
+    out->push_back('"');
+    for (uint8_t b : id) {
+      out->push_back(kHex[b >> 4]);
+      out->push_back(kHex[b & 15]);
+    }
+    out->push_back('"');
+  };
+  out->append("{\"nodes\":[");
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const Node& n = nodes[i];
+    if (!Plain(n.name) || !Plain(n.type) || !Plain(n.target)) return false;
+    bool file = n.type == "file", link = n.type == "symlink";
+    if (i) out->push_back(',');
+    out->push_back('{');
+    if (file) {
+      out->append("\"content\":[");
+      for (size_t c = 0; c < n.content.size(); ++c) {
+        if (c) out->push_back(',');
+        put_id(n.content[c]);
+      }
+      out->append("],");
+    }
+    out->append("\"ctime_ns\":"), put_num(n.ctime_ns);
+    out->append(",\"dev\":"), put_num(n.dev);
+    out->append(",\"gid\":"), put_num(n.gid);
+    out->append(",\"inode\":"), put_num(n.inode);
+    out->append(",\"mode\":"), put_num(n.mode);
+    out->append(",\"mtime_ns\":"), put_num(n.mtime_ns);
+    out->append(",\"name\":\"").append(n.name);
+    out->append("\",\"nlink\":"), put_num(n.nlink);
+    out->append(",\"size\":"), put_num(n.size);
+    if (n.subtree) out->append(",\"subtree\":"), put_id(*n.subtree);
+    if (link) out->append(",\"target\":\"").append(n.target).push_back('"');
+    out->append(",\"type\":\"").append(n.type);
+    out->append("\",\"uid\":"), put_num(n.uid);
+    out->push_back('}');
+  }
+  out->append("]}");
+  return true;
+}
+}  // namespace
+
+std::string EncodeTree(std::vector<Node> nodes) {
+  std::sort(nodes.begin(), nodes.end(), [](const Node& a, const Node& b) { return a.name < b.name; });
+  std::string out;
+  if (FastEncodeTree(nodes, &out)) return out;
+  return EncodeTreeGeneral(nodes);
 }
 
 namespace {

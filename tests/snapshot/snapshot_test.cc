@@ -779,6 +779,63 @@ TEST_F(RepoTest, HostileTreeNamesNeverEscapeTheTarget) {
   EXPECT_FALSE(DecodeTree(EncodeTree({a, b}), "w"));
 }
 
+// Tree ids are hashes of the encoding, so the hand-written encoder must write exactly what the JSON
+// library writes (keys sorted, no spaces), or unchanged directories would get new ids.
+TEST(TreeCodec, TheFastEncoderWritesTheJsonLibrarysBytes) {
+  std::mt19937_64 rng(7);
+  auto reference = [](std::vector<Node> nodes) {
+    std::sort(nodes.begin(), nodes.end(), [](const Node& a, const Node& b) { return a.name < b.name; });
+    nlohmann::json arr = nlohmann::json::array();
+    for (const auto& n : nodes) {
+      nlohmann::json j = {{"name", n.name}, {"type", n.type}, {"mode", n.mode}, {"uid", n.uid}, {"gid", n.gid},
+                          {"mtime_ns", n.mtime_ns}, {"ctime_ns", n.ctime_ns}, {"inode", n.inode}, {"dev", n.dev},
+                          {"nlink", n.nlink}, {"size", n.size}};
+      if (n.type == "file") {
+        nlohmann::json c = nlohmann::json::array();
+        for (const auto& id : n.content) c.push_back(IdHex(id));
+        j["content"] = c;
+      }
+      if (n.subtree) j["subtree"] = IdHex(*n.subtree);
+      if (n.type == "symlink") j["target"] = n.target;
+      arr.push_back(j);
+    }
+    return nlohmann::json{{"nodes", arr}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  };
+  for (int round = 0; round < 50; ++round) {
+    std::vector<Node> nodes;
+    for (int i = 0; i < round % 7; ++i) {
+      Node n;
+      n.name = "n" + std::to_string(rng() % 1000) + (round % 5 == 4 && i == 0 ? "\xc3\xa9\"\\\t" : "~ .x");
+      n.mode = static_cast<uint32_t>(rng() & 07777);
+      n.uid = static_cast<uint32_t>(rng());
+      n.gid = i ? 0u : 4294967295u;
+      n.mtime_ns = static_cast<int64_t>(rng());  // negative half of the time
+      n.ctime_ns = i ? std::numeric_limits<int64_t>::min() : 0;
+      n.inode = rng();
+      n.dev = i ? std::numeric_limits<uint64_t>::max() : 0;
+      n.nlink = rng() % 5;
+      n.size = rng();
+      Id id;
+      for (auto& b : id) b = static_cast<uint8_t>(rng());
+      switch (rng() % 3) {
+        case 0:
+          n.type = "file";
+          for (size_t k = 0; k < rng() % 3; ++k) n.content.push_back(id);
+          break;
+        case 1:
+          n.type = "dir";
+          n.subtree = id;
+          break;
+        default:
+          n.type = "symlink";
+          n.target = round % 3 ? "../rel/target" : "";
+      }
+      nodes.push_back(n);
+    }
+    ASSERT_EQ(EncodeTree(nodes), reference(nodes)) << "round " << round;
+  }
+}
+
 // Trees are decoded by a strict fast parser with the general JSON parser behind it; both must
 // give the same nodes, whatever the names hold, and refuse the same damage.
 TEST(TreeCodec, EveryNodeSurvivesARoundTripThroughBothParsers) {
