@@ -33,6 +33,7 @@ struct RestoreSummary {
   uint64_t files = 0, dirs = 0, symlinks = 0, hardlinks = 0;
   uint64_t bytes = 0, bytes_downloaded = 0;
   uint64_t bytes_written_direct = 0;  // of bytes, written around the page cache (O_DIRECT)
+  uint64_t files_written_whole = 0;   // small one-blob files created and written in one go
   double duration_s = 0;
   nlohmann::json ToJson() const;
 };

@@ -350,6 +350,57 @@ class RepoTest : public ::testing::Test {
   std::string repo_dir_, src_;
 };
 
+// Small one-blob files are created, written and given their metadata by the restore worker in
+// one go: read-only modes, mtimes, zero tails (holes) and all-zero files must come out as with the
+// general path, and a symlink planted where a file goes is replaced, never written through.
+TEST_F(RepoTest, SmallFilesWrittenWholeKeepModesTimesAndHolesAndNeverFollowLinks) {
+  std::string small = src_ + "/small";
+  WriteFile(small + "/readonly.txt", "read only\n");
+  ::chmod((small + "/readonly.txt").c_str(), 0400);
+  WriteFile(small + "/zero-tail.bin", RandomData(8192, 3) + std::string(3 * 4096 + 100, '\0'));
+  WriteFile(small + "/all-zero.bin", std::string(20000, '\0'));
+  WriteFile(small + "/setgid.sh", "#!/bin/sh\n");
+  ::chmod((small + "/setgid.sh").c_str(), 02755);
+  timespec ts[2] = {{1500000000, 42}, {1500000000, 42}};
+  for (const char* f : {"readonly.txt", "zero-tail.bin", "all-zero.bin"}) ::utimensat(AT_FDCWD, (small + "/" + f).c_str(), ts, 0);
+  auto repo = OpenRepo();
+  MustBackup(*repo);
+  auto tree = repo->FindSnapshot("latest")->second.tree;
+  std::string out = dir_ / "out";
+  // A link where a restored file goes, pointing outside the target.
+  WriteFile(dir_ / "victim.txt", "keep me\n");
+  fs::create_directories(out + "/ws/small");
+  fs::create_symlink(dir_ / "victim.txt", out + "/ws/small/readonly.txt");
+  RestoreOptions ro;
+  ro.target = out;
+  auto r = Restore(*repo, tree, ro);
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_GE(r->files_written_whole, 6u);  // the four above, and the unicode, deep and odd-named files
+  EXPECT_EQ(ReadFile(dir_ / "victim.txt"), "keep me\n") << "the restore wrote through a symlink";
+  ExpectSameTree(src_, out + "/ws");
+  struct stat st{};
+  ASSERT_EQ(::lstat((out + "/ws/small/readonly.txt").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0400u);
+  EXPECT_EQ(st.st_mtim.tv_sec, 1500000000);
+  EXPECT_EQ(st.st_mtim.tv_nsec, 42);
+  ASSERT_EQ(::lstat((out + "/ws/small/setgid.sh").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 02755u);
+  ASSERT_EQ(::stat((out + "/ws/small/zero-tail.bin").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 8192 + 3 * 4096 + 100);
+  EXPECT_LE(st.st_blocks * 512, 2 * 8192) << "the zero tail was written instead of left a hole";
+  ASSERT_EQ(::stat((out + "/ws/small/all-zero.bin").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 20000);
+  EXPECT_EQ(st.st_blocks, 0) << "an all-zero file should be one hole";
+  // A directory where a small file goes is a clear error naming the file.
+  std::string out2 = dir_ / "out2";
+  fs::create_directories(out2 + "/ws/small/readonly.txt/inside");
+  ro.target = out2;
+  auto blocked = Restore(*repo, tree, ro);
+  ASSERT_FALSE(blocked);
+  EXPECT_NE(blocked.error().message().find("small/readonly.txt"), std::string::npos) << blocked.error().message();
+}
+
 TEST_F(RepoTest, WrongPasswordAndMissingRepositoryAreClear) {
   auto bad = Repository::Open(NewLocalBackend(repo_dir_), "nope");
   ASSERT_FALSE(bad);
