@@ -7,6 +7,10 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace dumont::snapshot {
 
 bool ParseCompressionMode(std::string_view s, CompressionMode* out) {
@@ -56,19 +60,61 @@ size_t ForSample(std::string_view data, Fn fn) {
 }
 
 // Bytes grouped by lane: out = lane 0 bytes, lane 1 bytes, ..., then the remainder. The stride is
-// a template argument so the loops compile to fixed-pattern (vectorizable) code.
+// a template argument so the scalar loops compile to fixed-pattern code; with SSE2 (every x86-64)
+// 16 rows at a time are (de)interleaved with pack/unpack instructions, which took the unshuffle
+// from 5 % of a restore's CPU to noise.
 template <size_t S>
 void ShuffleT(const char* in, size_t n, char* out) {
-  size_t rows = n / S;
-  for (size_t i = 0; i < rows; ++i) {
+  size_t rows = n / S, i = 0;
+#if defined(__SSE2__)
+  const __m128i lo = _mm_set1_epi16(0x00ff);
+  auto even = [&](__m128i x, __m128i y) { return _mm_packus_epi16(_mm_and_si128(x, lo), _mm_and_si128(y, lo)); };
+  auto odd = [&](__m128i x, __m128i y) { return _mm_packus_epi16(_mm_srli_epi16(x, 8), _mm_srli_epi16(y, 8)); };
+  auto load = [&](size_t at) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + at)); };
+  auto store = [&](size_t lane, __m128i v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(out + lane * rows + i), v); };
+  for (; i + 16 <= rows; i += 16) {
+    if constexpr (S == 2) {
+      __m128i x0 = load(2 * i), x1 = load(2 * i + 16);
+      store(0, even(x0, x1));
+      store(1, odd(x0, x1));
+    } else {
+      __m128i x0 = load(4 * i), x1 = load(4 * i + 16), x2 = load(4 * i + 32), x3 = load(4 * i + 48);
+      __m128i e01 = even(x0, x1), o01 = odd(x0, x1), e23 = even(x2, x3), o23 = odd(x2, x3);
+      store(0, even(e01, e23));
+      store(1, even(o01, o23));
+      store(2, odd(e01, e23));
+      store(3, odd(o01, o23));
+    }
+  }
+#endif
+  for (; i < rows; ++i) {
     for (size_t l = 0; l < S; ++l) out[l * rows + i] = in[i * S + l];
   }
   std::memcpy(out + rows * S, in + rows * S, n - rows * S);
 }
 template <size_t S>
 void UnshuffleT(const char* in, size_t n, char* out) {
-  size_t rows = n / S;
-  for (size_t i = 0; i < rows; ++i) {
+  size_t rows = n / S, i = 0;
+#if defined(__SSE2__)
+  auto load = [&](size_t lane) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + lane * rows + i)); };
+  auto store = [&](size_t at, __m128i v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(out + at), v); };
+  for (; i + 16 <= rows; i += 16) {
+    if constexpr (S == 2) {
+      __m128i a = load(0), b = load(1);
+      store(2 * i, _mm_unpacklo_epi8(a, b));
+      store(2 * i + 16, _mm_unpackhi_epi8(a, b));
+    } else {
+      __m128i a = load(0), b = load(1), c = load(2), d = load(3);
+      __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
+      __m128i cd_lo = _mm_unpacklo_epi8(c, d), cd_hi = _mm_unpackhi_epi8(c, d);
+      store(4 * i, _mm_unpacklo_epi16(ab_lo, cd_lo));
+      store(4 * i + 16, _mm_unpackhi_epi16(ab_lo, cd_lo));
+      store(4 * i + 32, _mm_unpacklo_epi16(ab_hi, cd_hi));
+      store(4 * i + 48, _mm_unpackhi_epi16(ab_hi, cd_hi));
+    }
+  }
+#endif
+  for (; i < rows; ++i) {
     for (size_t l = 0; l < S; ++l) out[i * S + l] = in[l * rows + i];
   }
   std::memcpy(out + rows * S, in + rows * S, n - rows * S);

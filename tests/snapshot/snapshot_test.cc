@@ -14,6 +14,7 @@
 #include <set>
 
 #include <gtest/gtest.h>
+#include <zstd.h>
 
 #include "common/random.h"
 #include "snapshot/archiver.h"
@@ -171,6 +172,27 @@ TEST(Compression, WeightsAreGroupedByByteLaneAndRoundTripExactly) {
     bad[bad.size() / 2] ^= 0x40;
     auto broken = Decompress(bad, used, c.data.size());
     EXPECT_TRUE(!broken || *broken != c.data);
+  }
+  // The stored layout is fixed by the format (lane 0 bytes, lane 1 bytes, ..., then the leftover
+  // bytes): decompress the zstd frame itself and look, for sizes around the 16-row vector blocks.
+  for (size_t stride : {size_t{2}, size_t{4}}) {
+    for (size_t n : {size_t{4096}, size_t{4096 + 16 * stride - 1}, size_t{65536 + 7}, size_t{100003}}) {
+      std::string data = stride == 2 ? fp16(n / 2 + 1) : fp32(n / 4 + 1);
+      data.resize(n);
+      Compression used;
+      std::string stored = Compress(data, CompressionMode::kAuto, &used);
+      ASSERT_EQ(static_cast<int>(used), static_cast<int>(stride == 2 ? Compression::kZstdShuffle2 : Compression::kZstdShuffle4)) << n;
+      std::string frame(n, '\0');
+      ASSERT_EQ(ZSTD_decompress(frame.data(), n, stored.data(), stored.size()), n);
+      size_t rows = n / stride;
+      bool ok = true;
+      for (size_t i = 0; i < rows && ok; ++i) {
+        for (size_t l = 0; l < stride; ++l) ok = ok && frame[l * rows + i] == data[i * stride + l];
+      }
+      EXPECT_TRUE(ok) << "stride " << stride << ", " << n << " bytes: lanes are not grouped as the format says";
+      EXPECT_EQ(frame.substr(rows * stride), data.substr(rows * stride));
+      EXPECT_EQ(*Decompress(stored, used, n), data);
+    }
   }
   // Text and random data are not grouped.
   std::string text;
