@@ -1,5 +1,5 @@
-// Archiver: backs up paths into a snapshot. Pipeline: a walker (this thread) -> file readers (a pool)
-// that chunk each file -> chunk workers (a second pool) that hash, dedup, compress, seal and hand
+// Archiver: backs up paths into a snapshot. Pipeline: walkers (a pool listing and stat-ing
+// directories; the calling thread builds the trees, post-order) -> file readers (a pool) that chunk each file -> chunk workers (a second pool) that hash, dedup, compress, seal and hand
 // blobs to the repository's packer -> the repository's uploaders. Every stage is bounded, so memory
 // stays under the bound in docs/repository-format.md ("Memory bounds"). Large uncached files are
 // read with O_DIRECT ("I/O around the page cache").
@@ -27,11 +27,9 @@ namespace dumont::snapshot {
 bool IsExcluded(const std::vector<std::string>& globs, const std::string& path, const std::string& name);
 
 // Lists and stats every entry under `roots` with `threads` threads, breadth-first, until done,
-// Stop() or destruction (which joins). Counts regular files and their bytes: the backup runs one
-// beside itself for the totals of its progress line when there is no parent snapshot. Its side
-// effect is that the dentry and inode caches are warm afterwards: `dumont snapshot backup` runs
-// one while the repository opens (key derivation, index), so the walk of a cold tree that
-// follows finds much of it read.
+// Stop() or destruction (which joins). Counts regular files and their bytes: a backup without a
+// parent snapshot runs one beside itself for the totals of its progress line. (Starting one while
+// the repository opens, to warm the inode cache, was measured slower: docs/decisions/0005.)
 class TreeScan {
  public:
   TreeScan(std::vector<std::string> roots, int threads, std::vector<std::string> excludes = {});

@@ -190,7 +190,7 @@ std::string Compress(std::string_view raw, CompressionMode mode, Compression* us
   return out;
 }
 
-Status DecompressInto(std::string_view stored, Compression c, size_t raw_length, char* out) {
+Status DecompressInto(std::string_view stored, Compression c, size_t raw_length, char* out, char* scratch) {
   if (raw_length > (size_t{1} << 31)) return Status::Corruption("blob length out of range");
   if (c == Compression::kNone) {
     if (stored.size() != raw_length) return Status::Corruption("stored blob has the wrong length");
@@ -205,7 +205,7 @@ Status DecompressInto(std::string_view stored, Compression c, size_t raw_length,
   if (c == Compression::kZstd || c == Compression::kZstdShuffle2 || c == Compression::kZstdShuffle4) {
     thread_local ZSTD_DCtx* dctx = ZSTD_createDCtx();
     size_t stride = c == Compression::kZstdShuffle4 ? 4 : c == Compression::kZstdShuffle2 ? 2 : 1;
-    char* dst = stride > 1 ? ThreadBuffer(raw_length) : out;
+    char* dst = stride == 1 ? out : scratch ? scratch : ThreadBuffer(raw_length);
     size_t n = ZSTD_decompressDCtx(dctx, dst, raw_length, stored.data(), stored.size());
     if (ZSTD_isError(n) || n != raw_length) return Status::Corruption("zstd data is damaged");
     if (stride > 1) Unshuffle(dst, raw_length, stride, out);

@@ -31,6 +31,8 @@ double SampleLaneEntropy(std::string_view data, size_t stride);
 std::string Compress(std::string_view raw, CompressionMode mode, Compression* used);
 Result<std::string> Decompress(std::string_view stored, Compression c, size_t raw_length);
 // The same into out[0, raw_length) (the restorer decompresses into aligned buffers for O_DIRECT).
-Status DecompressInto(std::string_view stored, Compression c, size_t raw_length, char* out);
+// `scratch`, when given, holds raw_length bytes for the lane-grouped types (else a per-thread
+// buffer is used); it must not overlap `out`.
+Status DecompressInto(std::string_view stored, Compression c, size_t raw_length, char* out, char* scratch = nullptr);
 
 }  // namespace dumont::snapshot

@@ -75,23 +75,34 @@ std::string SealWith(const uint8_t key[32], std::string_view plaintext) {
   return out;
 }
 
-Result<std::string> OpenWith(const uint8_t key[32], std::string_view sealed) {
-  if (sealed.size() < kSealOverhead) return Err(Status::Corruption("sealed data is too short"));
+namespace {
+Status OpenInto(const uint8_t key[32], std::string_view sealed, char* out) {
+  if (sealed.size() < kSealOverhead) return Status::Corruption("sealed data is too short");
   size_t n = sealed.size() - kSealOverhead;
-  std::string out(n, '\0');
   std::unique_ptr<EVP_CIPHER_CTX, CtxFree> ctx(EVP_CIPHER_CTX_new());
   int len = 0;
   EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key,
                      reinterpret_cast<const unsigned char*>(sealed.data()));
-  EVP_DecryptUpdate(ctx.get(), reinterpret_cast<unsigned char*>(out.data()), &len,
+  EVP_DecryptUpdate(ctx.get(), reinterpret_cast<unsigned char*>(out), &len,
                     reinterpret_cast<const unsigned char*>(sealed.data() + 12), static_cast<int>(n));
   EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, 16, const_cast<char*>(sealed.data() + 12 + n));
   int fin = 0;
-  if (EVP_DecryptFinal_ex(ctx.get(), reinterpret_cast<unsigned char*>(out.data()) + len, &fin) != 1) {
-    return Err(Status::Corruption("authentication failed (wrong key, or the data is damaged)"));
+  if (EVP_DecryptFinal_ex(ctx.get(), reinterpret_cast<unsigned char*>(out) + len, &fin) != 1) {
+    return Status::Corruption("authentication failed (wrong key, or the data is damaged)");
   }
+  return Status::Ok();
+}
+}  // namespace
+
+Result<std::string> OpenWith(const uint8_t key[32], std::string_view sealed) {
+  if (sealed.size() < kSealOverhead) return Err(Status::Corruption("sealed data is too short"));
+  std::string out(sealed.size() - kSealOverhead, '\0');
+  Status st = OpenInto(key, sealed, out.data());
+  if (!st.ok()) return Err(st);
   return out;
 }
+
+Status UnsealInto(const MasterKey& k, std::string_view sealed, char* out) { return OpenInto(k.enc.data(), sealed, out); }
 
 std::string Seal(const MasterKey& k, std::string_view plaintext) { return SealWith(k.enc.data(), plaintext); }
 Result<std::string> Unseal(const MasterKey& k, std::string_view sealed) { return OpenWith(k.enc.data(), sealed); }

@@ -37,6 +37,9 @@ inline constexpr size_t kSealOverhead = 12 + 16;
 std::string Seal(const MasterKey& k, std::string_view plaintext);
 // Corruption when the tag does not verify (wrong key, damaged or truncated data).
 Result<std::string> Unseal(const MasterKey& k, std::string_view sealed);
+// Same into `out`, which holds sealed.size() - kSealOverhead bytes (restore reuses its buffers
+// instead of allocating and zero-filling one per blob).
+Status UnsealInto(const MasterKey& k, std::string_view sealed, char* out);
 // Same with a raw 32-byte key (key files).
 std::string SealWith(const uint8_t key[32], std::string_view plaintext);
 Result<std::string> OpenWith(const uint8_t key[32], std::string_view sealed);

@@ -60,20 +60,67 @@ constexpr size_t kDirectMin = 64 * 1024;
 // One-blob files up to this size are created and written whole by a worker.
 constexpr uint64_t kWholeMax = 1 << 20;
 
-// One aligned, growing buffer per restore thread.
-char* Scratch(size_t n) {
+// Page-aligned memory that grows and is kept (no fault or zero-fill per blob once warm).
+class AlignedBuffer {
+ public:
+  char* Get(size_t n) {
+    if (cap_ < n) {
+      size_t want = (n + 4095) / 4096 * 4096;
+      buf_.reset(static_cast<char*>(std::aligned_alloc(4096, want)));
+      cap_ = buf_ ? want : 0;
+    }
+    return buf_.get();
+  }
+
+ private:
   struct Free {
     void operator()(char* p) const { std::free(p); }
   };
-  thread_local std::unique_ptr<char, Free> buf;
-  thread_local size_t cap = 0;
-  if (cap < n) {
-    size_t want = (n + 4095) / 4096 * 4096;
-    buf.reset(static_cast<char*>(std::aligned_alloc(4096, want)));
-    cap = buf ? want : 0;
+  std::unique_ptr<char, Free> buf_;
+  size_t cap_ = 0;
+};
+
+// The buffers one blob needs on its way from the pack to the file: the decrypted (still
+// compressed) bytes, the plain bytes (aligned, shifted like their file offset, for O_DIRECT), and
+// the lane-grouped bytes before they are ungrouped.
+struct BlobBuffers {
+  AlignedBuffer sealed_out, plain, lanes;
+};
+
+// A fixed set of BlobBuffers shared by the workers. Workers wait on the network or the disk and
+// there are many of them (32 through S3), but only a few decode at once: buffers per worker (and
+// the allocator arenas of 32 threads) took an S3 restore past 1 GB of memory.
+class BufferPool {
+ public:
+  explicit BufferPool(size_t n) : all_(n) {
+    for (auto& b : all_) free_.push_back(&b);
   }
-  return buf.get();
-}
+  class Lease {
+   public:
+    explicit Lease(BufferPool& p) : p_(p) {
+      std::unique_lock l(p_.mu_);
+      p_.cv_.wait(l, [&] { return !p_.free_.empty(); });
+      b_ = p_.free_.back();
+      p_.free_.pop_back();
+    }
+    ~Lease() {
+      std::lock_guard l(p_.mu_);
+      p_.free_.push_back(b_);
+      p_.cv_.notify_one();
+    }
+    BlobBuffers* operator->() { return b_; }
+
+   private:
+    BufferPool& p_;
+    BlobBuffers* b_;
+  };
+
+ private:
+  std::vector<BlobBuffers> all_;
+  std::vector<BlobBuffers*> free_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
 
 class Restore_ {
  public:
@@ -325,25 +372,30 @@ class Restore_ {
     std::string name = IdHex(pack);
     auto handle_one = [&](const BlobLocation& l, const Id& id, const std::vector<Dest>& dests,
                           std::string_view sealed) -> Status {
-      auto body = Unseal(repo_.key(), sealed);
-      if (!body) return body.error().Annotate("blob " + IdHex(id) + " in pack " + name);
+      if (sealed.size() < kSealOverhead || l.raw_length > (uint64_t{1} << 31)) {
+        return Status::Corruption("blob " + IdHex(id) + " in pack " + name + " has an impossible length");
+      }
+      BufferPool::Lease buf(*pool_);
       // Large blobs are decompressed into an aligned buffer, shifted to match the first
       // destination's offset within its page, so that WriteDirect can use the memory as it is.
-      std::string owned;
-      std::string_view plain;
-      if (opts_.direct_io && l.raw_length >= kDirectMin && !dests.empty()) {
-        size_t shift = dests.front().offset % 4096;
-        char* buf = Scratch(l.raw_length + shift);
-        if (!buf) return Status::IOError("out of memory restoring blob " + IdHex(id));
-        Status st = DecompressInto(*body, l.compression, l.raw_length, buf + shift);
+      size_t shift = opts_.direct_io && l.raw_length >= kDirectMin && !dests.empty() ? dests.front().offset % 4096 : 0;
+      size_t body_len = sealed.size() - kSealOverhead;
+      bool raw = l.compression == Compression::kNone;
+      if (raw && body_len != l.raw_length) return Status::Corruption("blob " + IdHex(id) + " in pack " + name + " has the wrong length");
+      char* plain_base = buf->plain.Get(l.raw_length + shift + 1);
+      char* plain_at = plain_base ? plain_base + shift : nullptr;
+      char* body = raw ? plain_at : buf->sealed_out.Get(body_len + 1);
+      if (!plain_at || !body) return Status::IOError("out of memory restoring blob " + IdHex(id));
+      Status st = UnsealInto(repo_.key(), sealed, body);
+      if (!st.ok()) return st.Annotate("blob " + IdHex(id) + " in pack " + name);
+      if (!raw) {
+        bool lanes = l.compression == Compression::kZstdShuffle2 || l.compression == Compression::kZstdShuffle4;
+        char* scratch = lanes ? buf->lanes.Get(l.raw_length + 1) : nullptr;
+        if (lanes && !scratch) return Status::IOError("out of memory restoring blob " + IdHex(id));
+        st = DecompressInto(std::string_view(body, body_len), l.compression, l.raw_length, plain_at, scratch);
         if (!st.ok()) return st.Annotate("blob " + IdHex(id) + " in pack " + name);
-        plain = std::string_view(buf + shift, l.raw_length);
-      } else {
-        auto p = Decompress(*body, l.compression, l.raw_length);
-        if (!p) return p.error().Annotate("blob " + IdHex(id) + " in pack " + name);
-        owned = std::move(*p);
-        plain = owned;
       }
+      std::string_view plain(plain_at, l.raw_length);
       if (repo_.BlobId(plain) != id) return Status::Corruption("blob " + IdHex(id) + " in pack " + name + " does not match its id");
       return WriteBlob(plain, dests);
     };
@@ -557,6 +609,9 @@ class Restore_ {
     unsigned hw = std::max(1u, std::thread::hardware_concurrency());
     int n_workers = opts_.workers > 0 ? opts_.workers
                                       : std::max<int>(static_cast<int>(std::min(4 * hw, 8u)), repo_.backend().Connections());
+    // Decoding and writing need a buffer set; waiting on the network does not. 8 sets (as many as
+    // the local workers) whatever the number of S3 connections.
+    pool_ = std::make_unique<BufferPool>(std::min<size_t>(static_cast<size_t>(n_workers), std::max(8u, 2 * hw)));
     std::atomic<size_t> next{0};
     std::mutex err_mu;
     Status first_error;
@@ -642,6 +697,7 @@ class Restore_ {
   std::mutex budget_mu_;
   std::condition_variable budget_cv_;
   uint64_t in_flight_ = 0;
+  std::unique_ptr<BufferPool> pool_;
   // Files written whole by a worker (WriteWhole), by index in files_.
   std::vector<uint8_t> whole_;
   std::atomic<uint64_t> whole_written_{0};
