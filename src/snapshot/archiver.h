@@ -1,5 +1,6 @@
 // Archiver: backs up paths into a snapshot. Pipeline: walkers (a pool listing and stat-ing
-// directories; the calling thread builds the trees, post-order) -> file readers (a pool) that chunk each file -> chunk workers (a second pool) that hash, dedup, compress, seal and hand
+// directories; the calling thread builds the trees, post-order) -> file readers (a pool) that
+// chunk each file -> chunk workers (a second pool) that hash, dedup, compress, seal and hand
 // blobs to the repository's packer -> the repository's uploaders. Every stage is bounded, so memory
 // stays under the bound in docs/repository-format.md ("Memory bounds"). Large uncached files are
 // read with O_DIRECT ("I/O around the page cache").
@@ -7,14 +8,9 @@
 // Engines never print: progress goes to a callback.
 #pragma once
 
-#include <atomic>
-#include <condition_variable>
-#include <deque>
 #include <functional>
-#include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -22,36 +18,6 @@
 #include "snapshot/repository.h"
 
 namespace dumont::snapshot {
-
-// Whether an entry is excluded by one of the globs (fnmatch against its name and its full path).
-bool IsExcluded(const std::vector<std::string>& globs, const std::string& path, const std::string& name);
-
-// Lists and stats every entry under `roots` with `threads` threads, breadth-first, until done,
-// Stop() or destruction (which joins). Counts regular files and their bytes: a backup without a
-// parent snapshot runs one beside itself for the totals of its progress line. (Starting one while
-// the repository opens, to warm the inode cache, was measured slower: docs/decisions/0005.)
-class TreeScan {
- public:
-  TreeScan(std::vector<std::string> roots, int threads, std::vector<std::string> excludes = {});
-  ~TreeScan();
-  TreeScan(const TreeScan&) = delete;
-  TreeScan& operator=(const TreeScan&) = delete;
-  void Stop();
-  bool done() const;
-  uint64_t files() const { return files_.load(); }
-  uint64_t bytes() const { return bytes_.load(); }
-
- private:
-  void Work();
-  std::vector<std::string> excludes_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::string> dirs_;
-  size_t busy_ = 0;
-  std::atomic<bool> stop_{false};
-  std::atomic<uint64_t> files_{0}, bytes_{0};
-  std::vector<std::thread> threads_;
-};
 
 struct BackupOptions {
   std::vector<std::string> paths;

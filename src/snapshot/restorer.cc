@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <climits>
@@ -182,16 +183,29 @@ class Restore_ {
     return Status::Ok();
   }
 
+  // [begin, end) ranges of plain's non-zero 4 KiB pages (the last page may be partial).
+  static std::vector<std::pair<size_t, size_t>> NonZeroRuns(std::string_view plain) {
+    constexpr size_t kPage = 4096;
+    std::vector<std::pair<size_t, size_t>> runs;
+    for (size_t off = 0; off < plain.size(); off += kPage) {
+      size_t end = std::min(plain.size(), off + kPage);
+      if (IsZero(plain.data() + off, end - off)) continue;
+      if (!runs.empty() && runs.back().second == off) runs.back().second = end;
+      else runs.emplace_back(off, end);
+    }
+    return runs;
+  }
+
   // Writes the non-zero 4 KiB pages of a blob; zero pages are skipped, so the pre-sized file keeps
   // holes where the source had them (or had zeros: restored files may be sparser than the source).
   // Large blobs whose memory is aligned like their file offset go through WriteDirect.
   Status WriteBlob(std::string_view plain, const std::vector<Dest>& dests) {
     constexpr size_t kPage = 4096;
-    std::vector<std::pair<size_t, size_t>> runs;  // [begin, end) of non-zero data
+    std::vector<std::pair<size_t, size_t>> runs;  // of non-zero data, computed once when needed
     bool runs_done = false;
     for (const auto& d : dests) {
       progress_bytes_ += plain.size();
-      if (whole_[d.file]) {
+      if (WrittenWhole(files_[d.file].node)) {
         DUMONT_RETURN_STATUS_IF_ERROR(WriteWhole(files_[d.file], plain));
         continue;
       }
@@ -205,12 +219,7 @@ class Restore_ {
       }
       if (!runs_done) {
         runs_done = true;
-        for (size_t off = 0; off < plain.size(); off += kPage) {
-          size_t end = std::min(plain.size(), off + kPage);
-          if (IsZero(plain.data() + off, end - off)) continue;
-          if (!runs.empty() && runs.back().second == off) runs.back().second = end;
-          else runs.emplace_back(off, end);
-        }
+        runs = NonZeroRuns(plain);
       }
       if (runs.empty()) continue;
       int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -231,48 +240,32 @@ class Restore_ {
   // that holds the blob, through one descriptor: no pre-create by the creator thread, and no path
   // lookups afterwards. (The 7 GB workspace has 82k files, most of them one blob; creating them all
   // on one thread kept the workers waiting for the first ~3 s of a restore.)
+  static bool WrittenWhole(const Node& n) { return n.content.size() == 1 && n.size <= kWholeMax && n.nlink <= 1; }
+
   Status WriteWhole(const Item& f, std::string_view plain) {
     const std::string& p = f.path;
-    int fd = -1;
-    for (int attempt = 0; attempt < 2 && fd < 0; ++attempt) {
-      fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-      if (fd < 0 && errno == ELOOP && attempt == 0) ::unlink(p.c_str());  // never write through a link
-      else if (fd < 0 && errno == EISDIR) return Status::FailedPrecondition("cannot restore file " + p + ": a directory is in the way");
-      else if (fd < 0) return ErrnoStatus("cannot create " + p);
+    const int flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW;
+    int fd = ::open(p.c_str(), flags, 0600);
+    if (fd < 0 && errno == ELOOP) {  // a symlink where the file goes: replace it, never write through it
+      ::unlink(p.c_str());
+      fd = ::open(p.c_str(), flags, 0600);
     }
+    if (fd < 0 && errno == EISDIR) return Status::FailedPrecondition("cannot restore file " + p + ": a directory is in the way");
     if (fd < 0) return ErrnoStatus("cannot create " + p);
     struct Closer {
       int fd;
       ~Closer() { ::close(fd); }
     } closer{fd};
-    constexpr size_t kPage = 4096;
-    size_t end = 0;  // end of the last non-zero page written
-    for (size_t off = 0; off < plain.size();) {
-      size_t e = std::min(plain.size(), off + kPage);
-      if (IsZero(plain.data() + off, e - off)) {
-        off = e;
-        continue;
-      }
-      size_t run = e;
-      while (run < plain.size()) {
-        size_t next = std::min(plain.size(), run + kPage);
-        if (IsZero(plain.data() + run, next - run)) break;
-        run = next;
-      }
-      DUMONT_RETURN_STATUS_IF_ERROR(PwriteAll(fd, plain.data() + off, run - off, off, p));
-      end = off = run;
-    }
-    if (end != plain.size() && ::ftruncate(fd, static_cast<off_t>(plain.size())) != 0) {
+    auto runs = NonZeroRuns(plain);
+    for (const auto& [b, e] : runs) DUMONT_RETURN_STATUS_IF_ERROR(PwriteAll(fd, plain.data() + b, e - b, b, p));
+    if ((runs.empty() || runs.back().second != plain.size()) && ::ftruncate(fd, static_cast<off_t>(plain.size())) != 0) {
       return ErrnoStatus("cannot size " + p);  // a zero tail stays a hole
     }
     const Node& n = f.node;
     if (geteuid() == 0 && ::fchown(fd, n.uid, n.gid) != 0) return ErrnoStatus("cannot set owner of " + p);
     if (::fchmod(fd, n.mode) != 0) return ErrnoStatus("cannot set mode of " + p);
-    timespec ts[2];
-    ts[0].tv_sec = n.mtime_ns / 1'000'000'000;
-    ts[0].tv_nsec = n.mtime_ns % 1'000'000'000;
-    ts[1] = ts[0];
-    if (::futimens(fd, ts) != 0) return ErrnoStatus("cannot set times of " + p);
+    auto ts = Times(n);
+    if (::futimens(fd, ts.data()) != 0) return ErrnoStatus("cannot set times of " + p);
     ++whole_written_;
     return Status::Ok();
   }
@@ -484,16 +477,21 @@ class Restore_ {
     return first;
   }
 
+  // Access and modification time, both the node's mtime.
+  static std::array<timespec, 2> Times(const Node& n) {
+    timespec t{};
+    t.tv_sec = n.mtime_ns / 1'000'000'000;
+    t.tv_nsec = n.mtime_ns % 1'000'000'000;
+    return {t, t};
+  }
+
   static Status ApplyMeta(const std::string& path, const Node& n, bool is_link) {
     if (geteuid() == 0) {
       if (::lchown(path.c_str(), n.uid, n.gid) != 0) return ErrnoStatus("cannot set owner of " + path);
     }
     if (!is_link && ::chmod(path.c_str(), n.mode) != 0) return ErrnoStatus("cannot set mode of " + path);
-    timespec ts[2];
-    ts[0].tv_sec = n.mtime_ns / 1'000'000'000;
-    ts[0].tv_nsec = n.mtime_ns % 1'000'000'000;
-    ts[1] = ts[0];
-    if (::utimensat(AT_FDCWD, path.c_str(), ts, AT_SYMLINK_NOFOLLOW) != 0) return ErrnoStatus("cannot set times of " + path);
+    auto ts = Times(n);
+    if (::utimensat(AT_FDCWD, path.c_str(), ts.data(), AT_SYMLINK_NOFOLLOW) != 0) return ErrnoStatus("cannot set times of " + path);
     return Status::Ok();
   }
 
@@ -521,7 +519,6 @@ class Restore_ {
     std::map<Id, std::map<Id, std::pair<BlobLocation, std::vector<Dest>>>> plan;
     std::vector<std::pair<size_t, size_t>> hardlinks;  // (file, target file)
     std::vector<size_t> to_create;
-    whole_.assign(files_.size(), 0);
     for (size_t i = 0; i < files_.size(); ++i) {
       const Node& n = files_[i].node;
       if (n.nlink > 1) {
@@ -535,8 +532,7 @@ class Restore_ {
       }
       const std::string& p = files_[i].path;
       // Small one-blob files are created by the worker that writes them (WriteWhole).
-      if (n.content.size() == 1 && n.size <= kWholeMax && n.nlink <= 1) whole_[i] = 1;
-      else to_create.push_back(i);
+      if (!WrittenWhole(n)) to_create.push_back(i);
       uint64_t off = 0;
       for (const auto& id : n.content) {
         auto loc = repo_.Lookup(id);
@@ -648,7 +644,7 @@ class Restore_ {
     std::vector<size_t> plain_files;
     for (size_t i = 0; i < files_.size(); ++i) {
       if (linked.count(i)) continue;
-      if (!whole_[i]) plain_files.push_back(i);  // whole files have their metadata already
+      if (!WrittenWhole(files_[i].node)) plain_files.push_back(i);  // whole files have their metadata already
       ++s.files;
       s.bytes += files_[i].node.size;
     }
@@ -698,8 +694,6 @@ class Restore_ {
   std::condition_variable budget_cv_;
   uint64_t in_flight_ = 0;
   std::unique_ptr<BufferPool> pool_;
-  // Files written whole by a worker (WriteWhole), by index in files_.
-  std::vector<uint8_t> whole_;
   std::atomic<uint64_t> whole_written_{0};
   // The creator thread: files_[to_create[0..created_)] exist.
   std::vector<size_t> create_pos_;

@@ -55,15 +55,7 @@ bool FastEncodeTree(const std::vector<Node>& nodes, std::string* out) {
     auto r = std::to_chars(num, num + sizeof num, v);
     out->append(num, r.ptr);
   };
-  auto put_id = [&](const Id& id) {
-    static constexpr char kHex[] = "0123456789abcdef";
-    out->push_back('"');
-    for (uint8_t b : id) {
-      out->push_back(kHex[b >> 4]);
-      out->push_back(kHex[b & 15]);
-    }
-    out->push_back('"');
-  };
+  auto put_id = [&](const Id& id) { out->append("\"").append(IdHex(id)).push_back('"'); };
   out->append("{\"nodes\":[");
   for (size_t i = 0; i < nodes.size(); ++i) {
     const Node& n = nodes[i];

@@ -852,6 +852,23 @@ TEST_F(RepoTest, HostileTreeNamesNeverEscapeTheTarget) {
   EXPECT_FALSE(DecodeTree(EncodeTree({a, b}), "w"));
 }
 
+// Makes n a file with `contents` copies of id, a directory with subtree id, or a symlink to target.
+void SetKind(Node& n, int kind, const Id& id, size_t contents, const std::string& target) {
+  switch (kind) {
+    case 0:
+      n.type = "file";
+      for (size_t k = 0; k < contents; ++k) n.content.push_back(id);
+      break;
+    case 1:
+      n.type = "dir";
+      n.subtree = id;
+      break;
+    default:
+      n.type = "symlink";
+      n.target = target;
+  }
+}
+
 // Tree ids are hashes of the encoding, so the hand-written encoder must write exactly what the JSON
 // library writes (keys sorted, no spaces), or unchanged directories would get new ids.
 TEST(TreeCodec, TheFastEncoderWritesTheJsonLibrarysBytes) {
@@ -890,19 +907,9 @@ TEST(TreeCodec, TheFastEncoderWritesTheJsonLibrarysBytes) {
       n.size = rng();
       Id id;
       for (auto& b : id) b = static_cast<uint8_t>(rng());
-      switch (rng() % 3) {
-        case 0:
-          n.type = "file";
-          for (size_t k = 0; k < rng() % 3; ++k) n.content.push_back(id);
-          break;
-        case 1:
-          n.type = "dir";
-          n.subtree = id;
-          break;
-        default:
-          n.type = "symlink";
-          n.target = round % 3 ? "../rel/target" : "";
-      }
+      int kind = static_cast<int>(rng() % 3);
+      size_t contents = kind == 0 ? rng() % 3 : 0;
+      SetKind(n, kind, id, contents, round % 3 ? "../rel/target" : "");
       nodes.push_back(n);
     }
     ASSERT_EQ(EncodeTree(nodes), reference(nodes)) << "round " << round;
@@ -930,19 +937,7 @@ TEST(TreeCodec, EveryNodeSurvivesARoundTripThroughBothParsers) {
     n.size = rng() >> 3;
     Id id;
     for (auto& b : id) b = static_cast<uint8_t>(rng());
-    switch (i % 3) {
-      case 0:
-        n.type = "file";
-        for (size_t k = 0; k < i % 4; ++k) n.content.push_back(id);
-        break;
-      case 1:
-        n.type = "dir";
-        n.subtree = id;
-        break;
-      default:
-        n.type = "symlink";
-        n.target = i % 2 ? "../a \"b\"/c" : "/abs/target";
-    }
+    SetKind(n, static_cast<int>(i % 3), id, i % 4, i % 2 ? "../a \"b\"/c" : "/abs/target");
     nodes.push_back(n);
   }
   std::string blob = EncodeTree(nodes);
