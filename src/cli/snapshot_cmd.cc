@@ -119,6 +119,9 @@ void WalkTree(Repository& repo, const Id& tree, const std::string& where,
   }
 }
 
+// Names are bytes: one that is not UTF-8 is shown with U+FFFD instead of aborting the output.
+std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 std::string ModeString(const Node& n) {
   std::string s = n.type == "dir" ? "d" : n.type == "symlink" ? "l" : "-";
   const char* rwx = "rwxrwxrwx";
@@ -128,7 +131,7 @@ std::string ModeString(const Node& n) {
 
 int Run(SnapshotArgs& a, bool json_out) {
   auto out = [&](const json& j, const std::string& human) {
-    if (json_out) std::printf("%s\n", j.dump().c_str());
+    if (json_out) std::printf("%s\n", Dump(j).c_str());
     else std::printf("%s\n", human.c_str());
   };
   bool tty = isatty(STDERR_FILENO);
@@ -158,11 +161,9 @@ int Run(SnapshotArgs& a, bool json_out) {
     auto progress = [&](const BackupProgress& p) {
       double rate = p.elapsed_s > 0 ? p.bytes_done / p.elapsed_s : 0;
       if (json_out) {
-        std::printf("%s\n", json({{"message_type", "status"}, {"files_done", p.files_done}, {"files_total", p.files_total},
+        std::printf("%s\n", Dump(json({{"message_type", "status"}, {"files_done", p.files_done}, {"files_total", p.files_total},
                                   {"bytes_done", p.bytes_done}, {"bytes_total", p.bytes_total},
-                                  {"seconds_elapsed", p.elapsed_s}, {"bytes_per_second", rate}})
-                                .dump()
-                                .c_str());
+                                  {"seconds_elapsed", p.elapsed_s}, {"bytes_per_second", rate}})).c_str());
         std::fflush(stdout);
       } else if (tty) {
         std::fprintf(stderr, "\r\033[K[%ds] %llu/%llu files, %s / %s, %s/s, ETA %s", static_cast<int>(p.elapsed_s),
@@ -218,10 +219,8 @@ int Run(SnapshotArgs& a, bool json_out) {
     auto progress = [&](const RestoreProgress& p) {
       double rate = p.elapsed_s > 0 ? p.bytes_done / p.elapsed_s : 0;
       if (json_out) {
-        std::printf("%s\n", json({{"message_type", "status"}, {"bytes_done", p.bytes_done}, {"bytes_total", p.bytes_total},
-                                  {"seconds_elapsed", p.elapsed_s}})
-                                .dump()
-                                .c_str());
+        std::printf("%s\n", Dump(json({{"message_type", "status"}, {"bytes_done", p.bytes_done}, {"bytes_total", p.bytes_total},
+                                  {"seconds_elapsed", p.elapsed_s}})).c_str());
       } else if (tty) {
         std::fprintf(stderr, "\r\033[K%s / %s, %s/s, ETA %s", Human(p.bytes_done).c_str(), Human(p.bytes_total).c_str(),
                      Human(rate).c_str(), Eta(p.bytes_done, p.bytes_total, rate).c_str());
@@ -422,7 +421,7 @@ int RunSnapshotCommand(SnapshotArgs* a, bool json_out) {
     return Run(*a, json_out);
   } catch (const Fail& f) {
     if (json_out) {
-      std::printf("%s\n", json({{"error", {{"code", f.code == 4 ? "unauthenticated" : "error"}, {"message", f.message}}}}).dump().c_str());
+      std::printf("%s\n", Dump(json({{"error", {{"code", f.code == 4 ? "unauthenticated" : "error"}, {"message", f.message}}}})).c_str());
     } else {
       std::fprintf(stderr, "error: %s\n", f.message.c_str());
     }

@@ -131,7 +131,9 @@ Repository::~Repository() { uploaders_->Stop(); }
 // ---- files: plaintext = 1 byte (0 raw, 1 zstd) + payload, sealed; name = SHA-256 of stored bytes.
 
 Result<std::string> Repository::SaveJsonFile(FileType t, const json& j) {
-  std::string text = j.dump();
+  // Replace, not throw: a backed-up path that is not UTF-8 is kept exactly in the root tree; the
+  // manifest's "paths" list is for display and parent matching.
+  std::string text = j.dump(-1, ' ', false, json::error_handler_t::replace);
   Compression used;
   std::string body = Compress(text, CompressionMode::kZstd, &used);
   std::string plain;

@@ -480,8 +480,10 @@ class Restore_ {
   // Access and modification time, both the node's mtime.
   static std::array<timespec, 2> Times(const Node& n) {
     timespec t{};
+    // Floor division: a time before 1970 (negative ns) still needs 0 <= tv_nsec < 1e9.
     t.tv_sec = n.mtime_ns / 1'000'000'000;
     t.tv_nsec = n.mtime_ns % 1'000'000'000;
+    if (t.tv_nsec < 0) t.tv_nsec += 1'000'000'000, t.tv_sec -= 1;
     return {t, t};
   }
 

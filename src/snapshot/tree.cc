@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/random.h"
 #include "snapshot/json_scan.h"
 
 namespace dumont::snapshot {
@@ -17,20 +18,51 @@ bool ValidName(const std::string& n) {
   return !n.empty() && n != "." && n != ".." && n.find('/') == std::string::npos && n.find('\0') == std::string::npos;
 }
 
+bool ValidUtf8(std::string_view s) {
+  size_t i = 0, n = s.size();
+  while (i < n) {
+    unsigned char c = s[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    if (!len || i + len > n) return false;
+    unsigned char c1 = s[i + 1];
+    // The second byte's range excludes overlong forms, surrogates and code points past U+10FFFF.
+    unsigned char lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80;
+    unsigned char hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
+    if (c1 < lo || c1 > hi) return false;
+    for (size_t k = 2; k < len; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
 namespace {
+// Names and link targets are bytes, not text: one that is not valid UTF-8 (JSON cannot carry it)
+// is stored exactly in "<key>_raw" (base64url), with a readable U+FFFD-replaced copy in "<key>".
+void PutBytes(json& j, const char* key, const std::string& v) {
+  j[key] = v;
+  if (!ValidUtf8(v)) j[std::string(key) + "_raw"] = Base64UrlEncode(v);
+}
+
 std::string EncodeTreeGeneral(const std::vector<Node>& nodes) {
   json arr = json::array();
   for (const auto& n : nodes) {
-    json j = {{"name", n.name}, {"type", n.type}, {"mode", n.mode}, {"uid", n.uid}, {"gid", n.gid},
+    json j = {{"type", n.type}, {"type", n.type}, {"mode", n.mode}, {"uid", n.uid}, {"gid", n.gid},
               {"mtime_ns", n.mtime_ns}, {"ctime_ns", n.ctime_ns}, {"inode", n.inode}, {"dev", n.dev},
               {"nlink", n.nlink}, {"size", n.size}};
+    PutBytes(j, "name", n.name);
     if (n.type == "file") {
       json c = json::array();
       for (const auto& id : n.content) c.push_back(IdHex(id));
       j["content"] = c;
     }
     if (n.subtree) j["subtree"] = IdHex(*n.subtree);
-    if (n.type == "symlink") j["target"] = n.target;
+    if (n.type == "symlink") PutBytes(j, "target", n.target);
     arr.push_back(j);
   }
   return json{{"nodes", arr}}.dump(-1, ' ', false, json::error_handler_t::replace);
@@ -160,10 +192,16 @@ Result<std::vector<Node>> DecodeTree(std::string_view blob, const std::string& w
   if (!j.is_object() || !j.contains("nodes") || !j["nodes"].is_array()) return bad("not a node list");
   std::vector<Node> out;
   std::set<std::string> seen;
+  // "<key>_raw" (base64url of the exact bytes) wins over the readable "<key>".
+  auto bytes = [&](const json& e, const std::string& key, std::string* out) {
+    if (!e.contains(key + "_raw")) return *out = e.at(key).get<std::string>(), true;
+    const json& raw = e.at(key + "_raw");
+    return raw.is_string() && Base64UrlDecode(raw.get<std::string>(), out);
+  };
   try {
     for (const auto& e : j["nodes"]) {
       Node n;
-      n.name = e.at("name");
+      if (!bytes(e, "name", &n.name)) return bad("an entry's name_raw is not base64url");
       if (!ValidName(n.name)) return bad("entry name '" + n.name + "' is not a single path component");
       if (!seen.insert(n.name).second) return bad("entry name '" + n.name + "' appears twice");
       n.type = e.at("type");
@@ -187,7 +225,7 @@ Result<std::vector<Node>> DecodeTree(std::string_view blob, const std::string& w
         if (!ParseId(e.at("subtree").get<std::string>(), &id)) return bad("bad subtree id in '" + n.name + "'");
         n.subtree = id;
       } else if (n.type == "symlink") {
-        n.target = e.at("target");
+        if (!bytes(e, "target", &n.target)) return bad("target_raw of '" + n.name + "' is not base64url");
       } else {
         return bad("unknown node type '" + n.type + "'");
       }

@@ -30,5 +30,6 @@ std::string EncodeTree(std::vector<Node> nodes);  // sorts by name
 // Errors name `where` (the directory's path in the snapshot).
 Result<std::vector<Node>> DecodeTree(std::string_view blob, const std::string& where);
 bool ValidName(const std::string& name);
+bool ValidUtf8(std::string_view s);
 
 }  // namespace dumont::snapshot

@@ -922,7 +922,10 @@ TEST(TreeCodec, EveryNodeSurvivesARoundTripThroughBothParsers) {
   std::mt19937_64 rng(42);
   std::vector<Node> nodes;
   const std::vector<std::string> names = {"plain", "ünïcødé-名前", "quote\"in", "back\\slash", "tab\tand\nnewline",
-                                          "\x01ctrl", std::string(255, 'x'), "emoji-\xF0\x9F\x98\x80", " lead space"};
+                                          "\x01ctrl", std::string(255, 'x'), "emoji-\xF0\x9F\x98\x80", " lead space",
+                                          // Not UTF-8: latin-1, stray bytes, a truncated sequence, a
+                                          // surrogate, an overlong '/': stored exactly via name_raw.
+                                          "caf\xe9", "\xff\xfe", "\xc3(", "\xed\xa0\x80", "\xc0\xaf"};
   for (size_t i = 0; i < names.size() * 3; ++i) {
     Node n;
     n.name = names[i % names.size()] + "-" + std::to_string(i);
@@ -937,7 +940,7 @@ TEST(TreeCodec, EveryNodeSurvivesARoundTripThroughBothParsers) {
     n.size = rng() >> 3;
     Id id;
     for (auto& b : id) b = static_cast<uint8_t>(rng());
-    SetKind(n, static_cast<int>(i % 3), id, i % 4, i % 2 ? "../a \"b\"/c" : "/abs/target");
+    SetKind(n, static_cast<int>(i % 3), id, i % 4, i % 2 ? "../a \"b\"/c" : i % 5 ? "/abs/target" : "/lat\xedn1");
     nodes.push_back(n);
   }
   std::string blob = EncodeTree(nodes);
@@ -978,12 +981,56 @@ TEST(TreeCodec, EveryNodeSurvivesARoundTripThroughBothParsers) {
        {good.substr(0, good.size() - 3), std::string(R"({"nodes":[{"name":"x","type":"file"}]})"),
         std::string(R"({"nodes":[{"name":"x","type":"dir","subtree":"zz","mode":1,"uid":0,"gid":0,"mtime_ns":0,"ctime_ns":0,"inode":1,"dev":2,"nlink":1,"size":0}]})"),
         std::string(R"({"nodes":[{"name":"..","type":"file","content":[],"mode":1,"uid":0,"gid":0,"mtime_ns":0,"ctime_ns":0,"inode":1,"dev":2,"nlink":1,"size":0}]})"),
+        // name_raw wins over name, so it is validated the same way; and it must be base64url.
+        std::string(R"({"nodes":[{"name":"ok","name_raw":"Li4","type":"file","content":[],"mode":1,"uid":0,"gid":0,"mtime_ns":0,"ctime_ns":0,"inode":1,"dev":2,"nlink":1,"size":0}]})"),
+        std::string(R"({"nodes":[{"name":"ok","name_raw":"*!","type":"file","content":[],"mode":1,"uid":0,"gid":0,"mtime_ns":0,"ctime_ns":0,"inode":1,"dev":2,"nlink":1,"size":0}]})"),
         std::string(R"({"nodes":[{"name":"x","type":"fifo","mode":1,"uid":0,"gid":0,"mtime_ns":0,"ctime_ns":0,"inode":1,"dev":2,"nlink":1,"size":0}]})")}) {
     auto r = DecodeTree(broken, "some/dir");
     ASSERT_FALSE(r) << broken;
     EXPECT_EQ(r.error().code(), Code::kCorruption);
     EXPECT_NE(r.error().message().find("some/dir"), std::string::npos) << r.error().message();
   }
+}
+
+TEST(TreeCodec, Utf8ValidationFollowsTheStandard) {
+  for (const char* ok : {"", "ascii", "\xc3\xa9", "\xe2\x9c\x93", "\xf0\x9f\x98\x80", "\xf4\x8f\xbf\xbf", "\xed\x9f\xbf"})
+    EXPECT_TRUE(ValidUtf8(ok)) << ok;
+  for (const char* bad : {"\xe9", "\xc3", "\xc3(", "\xc0\xaf", "\xe0\x80\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80",
+                          "\xf5\x80\x80\x80", "\xff", "\xe2\x9c", "\x80"})
+    EXPECT_FALSE(ValidUtf8(bad)) << bad;
+}
+
+// File names and link targets are bytes on Linux. Ones that are not UTF-8 (latin-1 archives,
+// broken unzips) must come back exactly, not with U+FFFD in them.
+// (And a time before 1970 comes back too.)
+TEST_F(RepoTest, NamesAndLinkTargetsThatAreNotUtf8RoundTripExactly) {
+  fs::remove_all(src_);
+  const std::string latin = src_ + "/caf\xe9", stray = latin + "/\xff\xfe.bin";
+  WriteFile(stray, "bytes\n");
+  WriteFile(src_ + "/caf\xc3\xa9/utf8.txt", "the UTF-8 twin of the directory above\n");
+  fs::create_symlink("caf\xe9/\xff\xfe.bin", src_ + "/link-\xe9");
+  timespec before_1970[2] = {{-100, 250000000}, {-100, 250000000}};  // a negative mtime_ns
+  ASSERT_EQ(::utimensat(AT_FDCWD, stray.c_str(), before_1970, 0), 0);
+  auto repo = OpenRepo();
+  auto s = MustBackup(*repo);
+  EXPECT_EQ(s.files_new, 2u);
+  repo = OpenRepo();
+  auto snap = repo->FindSnapshot("latest");
+  ASSERT_TRUE(snap);
+  RestoreOptions ro;
+  ro.target = dir_ / "out";
+  auto r = Restore(*repo, snap->second.tree, ro);
+  ASSERT_TRUE(r) << r.error().ToString();
+  ExpectSameTree(src_, dir_ / "out/ws");
+  EXPECT_EQ(ReadFile(dir_ / "out/ws/caf\xe9/\xff\xfe.bin"), "bytes\n");
+  EXPECT_EQ(fs::read_symlink(dir_ / "out/ws/link-\xe9").string(), "caf\xe9/\xff\xfe.bin");
+  // Nothing restored under a replaced name.
+  for (auto it = fs::recursive_directory_iterator(dir_ / "out"); it != fs::recursive_directory_iterator(); ++it)
+    EXPECT_EQ(it->path().string().find("\xef\xbf\xbd"), std::string::npos) << it->path();
+  // A second backup finds the parent's entries under the same bytes: nothing re-read.
+  auto again = MustBackup(*repo);
+  EXPECT_EQ(again.files_unchanged, 2u);
+  EXPECT_EQ(again.bytes_read, 0u);
 }
 
 TEST_F(RepoTest, UnknownFormatVersionIsRefused) {
