@@ -57,6 +57,15 @@ class Backend {
   virtual Status Create() = 0;
   virtual Status Save(const Handle& h, std::string_view data) = 0;
   virtual Result<std::string> Load(const Handle& h, int64_t offset = 0, int64_t length = 0) = 0;
+  // Load into *out, reusing its capacity where the backend can (S3 writes the response body into
+  // it). Restore refills a few range buffers: a fresh 16 MiB allocation per range cost page faults
+  // and page zeroing. The default calls Load. On error *out is unspecified.
+  virtual Status LoadInto(const Handle& h, int64_t offset, int64_t length, std::string* out) {
+    auto r = Load(h, offset, length);
+    if (!r) return r.error();
+    *out = std::move(*r);
+    return Status::Ok();
+  }
   virtual Result<FileInfo> Stat(const Handle& h) = 0;
   virtual Status Remove(const Handle& h) = 0;
   virtual Result<std::vector<FileInfo>> List(FileType t) = 0;

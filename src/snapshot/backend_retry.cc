@@ -33,6 +33,9 @@ class RetryingBackend final : public Backend {
   Result<std::string> Load(const Handle& h, int64_t offset, int64_t length) override {
     return Run([&] { return inner_->Load(h, offset, length); });
   }
+  Status LoadInto(const Handle& h, int64_t offset, int64_t length, std::string* out) override {
+    return Run([&] { return inner_->LoadInto(h, offset, length, out); });
+  }
   Result<FileInfo> Stat(const Handle& h) override {
     return Run([&] { return inner_->Stat(h); });
   }
@@ -121,6 +124,10 @@ Status FailingBackend::Save(const Handle& h, std::string_view data) {
 Result<std::string> FailingBackend::Load(const Handle& h, int64_t offset, int64_t length) {
   DUMONT_RETURN_IF_ERROR(Next());
   return inner_->Load(h, offset, length);
+}
+Status FailingBackend::LoadInto(const Handle& h, int64_t offset, int64_t length, std::string* out) {
+  DUMONT_RETURN_STATUS_IF_ERROR(Next());
+  return inner_->LoadInto(h, offset, length, out);
 }
 Result<FileInfo> FailingBackend::Stat(const Handle& h) {
   DUMONT_RETURN_IF_ERROR(Next());

@@ -60,6 +60,7 @@ class FailingBackend final : public Backend {
   Status Create() override;
   Status Save(const Handle& h, std::string_view data) override;
   Result<std::string> Load(const Handle& h, int64_t offset = 0, int64_t length = 0) override;
+  Status LoadInto(const Handle& h, int64_t offset, int64_t length, std::string* out) override;
   Result<FileInfo> Stat(const Handle& h) override;
   Status Remove(const Handle& h) override;
   Result<std::vector<FileInfo>> List(FileType t) override;

@@ -348,9 +348,15 @@ class S3Backend final : public Backend {
   }
 
   Result<std::string> Load(const Handle& h, int64_t offset, int64_t length) override {
+    std::string body;
+    DUMONT_RETURN_IF_ERROR(LoadInto(h, offset, length, &body));
+    return body;
+  }
+
+  Status LoadInto(const Handle& h, int64_t offset, int64_t length, std::string* out) override {
     std::string key = Key(h);
     if (offset < 0 || length < 0) {
-      return Err(Status::InvalidArgument("loading " + key + ": negative offset or length"));
+      return Status::InvalidArgument("loading " + key + ": negative offset or length");
     }
     Request get;
     get.url = ObjectUrl(key, {});
@@ -361,13 +367,22 @@ class S3Backend final : public Backend {
       get.headers.push_back(range);
     }
     std::string what = "loading " + key;
-    auto r = Perform(get, what);
-    if (!r) return Err(r.error());
+    out->clear();
+    auto r = Perform(get, what, out);
+    if (!r) return r.error();
+    // The body is *out's storage on loan; it goes back on every path below.
+    struct GiveBack {
+      Response& r;
+      std::string* out;
+      ~GiveBack() {
+        if (out) *out = std::move(r.body);
+      }
+    } give_back{*r, out};
     auto short_read = [&](int64_t got, const std::string& size_note) {
-      return Err(Status::Corruption(what + " from " + location_ + ": asked for " +
+      return Status::Corruption(what + " from " + location_ + ": asked for " +
                                     (length > 0 ? std::to_string(length) + " bytes" : "the rest") +
                                     " at offset " + std::to_string(offset) + ", got " +
-                                    std::to_string(got) + " bytes" + size_note));
+                                    std::to_string(got) + " bytes" + size_note);
     };
     if (r->status == 416) {  // the range starts at or past the end of the object
       int64_t total = -1;
@@ -376,29 +391,31 @@ class S3Backend final : public Backend {
       if (slash != std::string::npos) ParseInt64(std::string_view(cr).substr(slash + 1), &total);
       if (total < 0) {  // RGW sends no Content-Range with 416: ask for the size
         auto size = StatKey(key);
-        if (!size) return Err(size.error());
+        if (!size) return size.error();
         total = *size;
       }
-      if (length == 0 && total == offset) return std::string();
+      if (length == 0 && total == offset) return r->body.clear(), Status::Ok();
       return short_read(0, total >= 0 ? " (the object has " + std::to_string(total) + " bytes)" : "");
     }
-    if (r->status / 100 != 2) return Err(HttpError(*r, get, what));
+    if (r->status / 100 != 2) return HttpError(*r, get, what);
     if (r->status == 200) {  // whole object (no Range asked, or the server ignored it)
       if (!ranged) {
         int64_t want = 0;  // libcurl already fails a transfer cut short; this catches a lying server
         if (ParseInt64(r->Header("content-length"), &want) && want != static_cast<int64_t>(r->body.size())) {
-          return Err(Status::Corruption(what + ": got " + std::to_string(r->body.size()) +
-                                        " bytes, Content-Length said " + std::to_string(want)));
+          return Status::Corruption(what + ": got " + std::to_string(r->body.size()) +
+                                    " bytes, Content-Length said " + std::to_string(want));
         }
-        return std::move(r->body);
+        return Status::Ok();
       }
       int64_t size = static_cast<int64_t>(r->body.size());
       if (offset > size || (length > 0 && offset + length > size)) {
         return short_read(std::max<int64_t>(0, size - offset), " (the object has " + std::to_string(size) + " bytes)");
       }
-      return r->body.substr(static_cast<size_t>(offset), length > 0 ? static_cast<size_t>(length) : std::string::npos);
+      r->body.erase(0, static_cast<size_t>(offset));
+      if (length > 0) r->body.resize(static_cast<size_t>(length));
+      return Status::Ok();
     }
-    if (r->status != 206) return Err(Status::Internal(what + ": unexpected HTTP " + std::to_string(r->status)));
+    if (r->status != 206) return Status::Internal(what + ": unexpected HTTP " + std::to_string(r->status));
     // 206: check the server sent the range we asked for ("bytes START-END/TOTAL") and all of it.
     std::string cr = r->Header("content-range");
     int64_t start = -1;
@@ -407,8 +424,8 @@ class S3Backend final : public Backend {
       if (dash != std::string::npos) ParseInt64(std::string_view(cr).substr(6, dash - 6), &start);
     }
     if (start != offset) {
-      return Err(Status::Corruption(what + ": asked for offset " + std::to_string(offset) +
-                                    ", the server answered Content-Range '" + cr + "'"));
+      return Status::Corruption(what + ": asked for offset " + std::to_string(offset) +
+                                ", the server answered Content-Range '" + cr + "'");
     }
     int64_t got = static_cast<int64_t>(r->body.size());
     if (length > 0 && got != length) return short_read(got, "");
@@ -420,7 +437,7 @@ class S3Backend final : public Backend {
         return short_read(got, " (the object has " + std::to_string(total) + " bytes)");
       }
     }
-    return std::move(r->body);
+    return Status::Ok();
   }
 
   Result<FileInfo> Stat(const Handle& h) override {
@@ -637,10 +654,13 @@ class S3Backend final : public Backend {
   }
 
   // Runs one request. Errors only for transport failures; HTTP statuses are the caller's to judge.
-  Result<Response> Perform(const Request& req, const std::string& what) {
+  // With `body`, the response body is written into that string's storage (moved into the
+  // Response; the caller takes it back).
+  Result<Response> Perform(const Request& req, const std::string& what, std::string* body = nullptr) {
     CURL* c = pool_.Get();
     if (!c) return Err(Status::Internal("curl_easy_init failed"));
     Response resp;
+    if (body) resp.body = std::move(*body), resp.body.clear();
     char errbuf[CURL_ERROR_SIZE] = {0};
     struct curl_slist* hdrs = nullptr;
     std::string sha = "x-amz-content-sha256: " + Sha256Hex(req.body);

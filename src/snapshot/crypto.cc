@@ -56,9 +56,8 @@ namespace {
 struct CtxFree {
   void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX_free(c); }
 };
-}  // namespace
 
-std::string SealWith(const uint8_t key[32], std::string_view plaintext) {
+std::string SealAad(const uint8_t key[32], std::string_view plaintext, std::string_view aad) {
   std::string out(12 + plaintext.size() + 16, '\0');
   std::string nonce = RandomBytes(12);
   std::memcpy(out.data(), nonce.data(), 12);
@@ -67,6 +66,9 @@ std::string SealWith(const uint8_t key[32], std::string_view plaintext) {
   EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key,
                      reinterpret_cast<const unsigned char*>(nonce.data()));
   auto* dst = reinterpret_cast<unsigned char*>(out.data() + 12);
+  if (!aad.empty()) {
+    EVP_EncryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const unsigned char*>(aad.data()), static_cast<int>(aad.size()));
+  }
   EVP_EncryptUpdate(ctx.get(), dst, &len, reinterpret_cast<const unsigned char*>(plaintext.data()),
                     static_cast<int>(plaintext.size()));
   int fin = 0;
@@ -75,14 +77,16 @@ std::string SealWith(const uint8_t key[32], std::string_view plaintext) {
   return out;
 }
 
-namespace {
-Status OpenInto(const uint8_t key[32], std::string_view sealed, char* out) {
+Status OpenInto(const uint8_t key[32], std::string_view sealed, char* out, std::string_view aad = {}) {
   if (sealed.size() < kSealOverhead) return Status::Corruption("sealed data is too short");
   size_t n = sealed.size() - kSealOverhead;
   std::unique_ptr<EVP_CIPHER_CTX, CtxFree> ctx(EVP_CIPHER_CTX_new());
   int len = 0;
   EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key,
                      reinterpret_cast<const unsigned char*>(sealed.data()));
+  if (!aad.empty()) {
+    EVP_DecryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const unsigned char*>(aad.data()), static_cast<int>(aad.size()));
+  }
   EVP_DecryptUpdate(ctx.get(), reinterpret_cast<unsigned char*>(out), &len,
                     reinterpret_cast<const unsigned char*>(sealed.data() + 12), static_cast<int>(n));
   EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, 16, const_cast<char*>(sealed.data() + 12 + n));
@@ -92,20 +96,28 @@ Status OpenInto(const uint8_t key[32], std::string_view sealed, char* out) {
   }
   return Status::Ok();
 }
-}  // namespace
 
-Result<std::string> OpenWith(const uint8_t key[32], std::string_view sealed) {
+Result<std::string> OpenAad(const uint8_t key[32], std::string_view sealed, std::string_view aad) {
   if (sealed.size() < kSealOverhead) return Err(Status::Corruption("sealed data is too short"));
   std::string out(sealed.size() - kSealOverhead, '\0');
-  Status st = OpenInto(key, sealed, out.data());
+  Status st = OpenInto(key, sealed, out.data(), aad);
   if (!st.ok()) return Err(st);
   return out;
 }
+}  // namespace
 
-Status UnsealInto(const MasterKey& k, std::string_view sealed, char* out) { return OpenInto(k.enc.data(), sealed, out); }
+std::string SealWith(const uint8_t key[32], std::string_view plaintext) { return SealAad(key, plaintext, {}); }
+Result<std::string> OpenWith(const uint8_t key[32], std::string_view sealed) { return OpenAad(key, sealed, {}); }
 
-std::string Seal(const MasterKey& k, std::string_view plaintext) { return SealWith(k.enc.data(), plaintext); }
-Result<std::string> Unseal(const MasterKey& k, std::string_view sealed) { return OpenWith(k.enc.data(), sealed); }
+Status UnsealInto(const MasterKey& k, std::string_view sealed, char* out, std::string_view aad) {
+  return OpenInto(k.enc.data(), sealed, out, aad);
+}
+std::string Seal(const MasterKey& k, std::string_view plaintext, std::string_view aad) {
+  return SealAad(k.enc.data(), plaintext, aad);
+}
+Result<std::string> Unseal(const MasterKey& k, std::string_view sealed, std::string_view aad) {
+  return OpenAad(k.enc.data(), sealed, aad);
+}
 
 Id ContentId(const MasterKey& k, std::string_view data) {
   Id id;

@@ -34,12 +34,14 @@ struct MasterKey {
 
 inline constexpr size_t kSealOverhead = 12 + 16;
 
-std::string Seal(const MasterKey& k, std::string_view plaintext);
-// Corruption when the tag does not verify (wrong key, damaged or truncated data).
-Result<std::string> Unseal(const MasterKey& k, std::string_view sealed);
+// `aad` (associated data) is authenticated with the ciphertext but not stored: unsealing needs the
+// same bytes. An empty aad is the same as none, so files sealed without it open with "".
+std::string Seal(const MasterKey& k, std::string_view plaintext, std::string_view aad = {});
+// Corruption when the tag does not verify (wrong key or aad, damaged or truncated data).
+Result<std::string> Unseal(const MasterKey& k, std::string_view sealed, std::string_view aad = {});
 // Same into `out`, which holds sealed.size() - kSealOverhead bytes (restore reuses its buffers
 // instead of allocating and zero-filling one per blob).
-Status UnsealInto(const MasterKey& k, std::string_view sealed, char* out);
+Status UnsealInto(const MasterKey& k, std::string_view sealed, char* out, std::string_view aad = {});
 // Same with a raw 32-byte key (key files).
 std::string SealWith(const uint8_t key[32], std::string_view plaintext);
 Result<std::string> OpenWith(const uint8_t key[32], std::string_view sealed);

@@ -120,7 +120,8 @@ Result<CheckReport> Check(Repository& repo, bool read_data, const std::function<
           r.errors.push_back("pack " + name + ": blob " + IdHex(id) + " is indexed but not where the pack says");
           continue;
         }
-        auto body = Unseal(repo.key(), std::string_view(*data).substr(l.offset, l.length));
+        auto body = Unseal(repo.key(), std::string_view(*data).substr(l.offset, l.length),
+                           repo.BlobAad(id, l.compression, l.raw_length));
         auto plain = body ? Decompress(*body, l.compression, l.raw_length) : Result<std::string>(Err(body.error()));
         if (!plain || repo.BlobId(*plain) != id) {
           r.errors.push_back("pack " + name + ": blob " + IdHex(id) + " is damaged");

@@ -211,7 +211,11 @@ Result<std::unique_ptr<Repository>> Repository::Init(std::unique_ptr<Backend> ba
   std::string seed = RandomBytes(8);
   std::memcpy(&r->config_.gear_seed, seed.data(), 8);
   r->config_.created = Rfc3339(NowUnix());
-  json cfg = {{"version", kRepoVersion},
+  if (opts.version < kOldestRepoVersion || opts.version > kRepoVersion) {
+    return Err(Status::InvalidArgument("cannot create a repository of format version " + std::to_string(opts.version)));
+  }
+  r->config_.version = opts.version;
+  json cfg = {{"version", opts.version},
               {"id", r->config_.id},
               {"chunker", {{"min", opts.chunker.min_size}, {"avg_bits", opts.chunker.avg_bits}, {"max", opts.chunker.max_size}}},
               {"gear_seed", std::to_string(r->config_.gear_seed)},
@@ -275,11 +279,13 @@ Result<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<Backend> ba
     return Err(Status::Corruption("repository config is not valid"));
   }
   int version = cfg["version"];
-  if (version != kRepoVersion) {
+  if (version < kOldestRepoVersion || version > kRepoVersion) {
     return Err(Status::FailedPrecondition("repository format version " + std::to_string(version) +
-                                          " is not supported by this dumont (it reads version " +
-                                          std::to_string(kRepoVersion) + "); use a matching dumont"));
+                                          " is not supported by this dumont (it reads versions " +
+                                          std::to_string(kOldestRepoVersion) + " to " + std::to_string(kRepoVersion) +
+                                          "); use a matching dumont"));
   }
+  r->config_.version = version;
   try {
     r->config_.id = cfg.at("id");
     r->config_.chunker.min_size = cfg.at("chunker").at("min");
@@ -431,7 +437,7 @@ Result<bool> Repository::SaveBlob(BlobType t, const Id& id, std::string_view pla
   }
   Compression used;
   std::string body = Compress(plaintext, compression_, &used);
-  std::string sealed = Seal(key_, body);
+  std::string sealed = Seal(key_, body, BlobAad(id, used, plaintext.size()));
   if (stored_bytes) *stored_bytes = sealed.size();
   std::unique_lock lock(mu_);
   // Trees and data go to separate packs: a snapshot's trees then sit together in a few packs that
@@ -547,9 +553,19 @@ Result<std::vector<PackHeaderEntry>> ReadPackHeader(const MasterKey& key, const 
   return out;
 }
 
+std::string Repository::BlobAad(const Id& id, Compression c, uint64_t raw_length) const {
+  if (!BlobsBound()) return {};
+  // "dumont-blob" || id (32) || compression (1) || plaintext length (8, little-endian)
+  std::string aad = "dumont-blob";
+  aad.append(reinterpret_cast<const char*>(id.data()), id.size());
+  aad.push_back(static_cast<char>(c));
+  for (int i = 0; i < 8; ++i) aad.push_back(static_cast<char>(raw_length >> (8 * i)));
+  return aad;
+}
+
 Result<std::string> Repository::OpenBlob(const Id& id, const BlobLocation& loc, std::string_view sealed) const {
   std::string pack = IdHex(loc.pack);
-  auto body = Unseal(key_, sealed);
+  auto body = Unseal(key_, sealed, BlobAad(id, loc.compression, loc.raw_length));
   if (!body) return Err(body.error().Annotate("blob " + IdHex(id) + " in pack " + pack));
   auto plain = Decompress(*body, loc.compression, loc.raw_length);
   if (!plain) return Err(plain.error().Annotate("blob " + IdHex(id) + " in pack " + pack));

@@ -34,7 +34,10 @@
 
 namespace dumont::snapshot {
 
-inline constexpr int kRepoVersion = 1;
+// 2: blobs are sealed with their index entry as GCM associated data (BlobAad). 1 is still read
+// and written (its blobs have no associated data).
+inline constexpr int kRepoVersion = 2;
+inline constexpr int kOldestRepoVersion = 1;
 
 enum class BlobType : uint8_t { kData = 0, kTree = 1 };
 
@@ -71,6 +74,7 @@ struct SnapshotManifest {
 struct InitOptions {
   bool fast_kdf = false;  // tests only
   ChunkerParams chunker;
+  int version = kRepoVersion;  // tests make version 1 repositories to check they still work
 };
 
 struct PackHeaderEntry {
@@ -100,6 +104,14 @@ class Repository {
   void SetPackSize(size_t bytes) { pack_target_ = bytes; }
 
   Id BlobId(std::string_view plaintext) const { return ContentId(key_, plaintext); }
+  // The associated data a blob is sealed with: from version 2, its id, compression and plaintext
+  // length, so a tag that verifies proves the key holder stored these bytes as this blob. Empty
+  // for version 1.
+  std::string BlobAad(const Id& id, Compression c, uint64_t raw_length) const;
+  // Version 2: a blob whose tag verifies against BlobAad is the blob its id names (unless the
+  // writer hashed other bytes than it sealed), so restore skips re-hashing; check --read-data
+  // still recomputes every id.
+  bool BlobsBound() const { return config_.version >= 2; }
   bool HasBlob(const Id& id);
   // Stores the blob unless the repository already has it (or it is being stored). Returns true if
   // this call stored it. `stored_bytes` (optional) receives the sealed size added.

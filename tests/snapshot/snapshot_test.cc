@@ -237,6 +237,17 @@ TEST(Crypto, SealDetectsTamperingAndIdsAreKeyed) {
   EXPECT_FALSE(Unseal(k, sealed.substr(0, sealed.size() - 1)));
   EXPECT_NE(ContentId(k, "x"), ContentId(other, "x"));
   EXPECT_NE(ContentId(k, "x"), Sha256("x"));
+  // Associated data is needed to open, byte for byte; an empty one is the same as none (version 1).
+  std::string bound = Seal(k, "blob", "id-a");
+  EXPECT_EQ(*Unseal(k, bound, "id-a"), "blob");
+  EXPECT_FALSE(Unseal(k, bound, "id-b"));
+  EXPECT_FALSE(Unseal(k, bound));
+  EXPECT_FALSE(Unseal(k, sealed, "id-a"));
+  EXPECT_EQ(*Unseal(k, Seal(k, "old", ""), ""), "old");
+  std::string into(4, '\0');
+  EXPECT_TRUE(UnsealInto(k, bound, into.data(), "id-a").ok());
+  EXPECT_EQ(into, "blob");
+  EXPECT_EQ(UnsealInto(k, bound, into.data(), "id-c").code(), Code::kCorruption);
 }
 
 // ---- backend contract on mem, local and s3 (the loopback Ceph RGW of tests/rgw_harness.sh)
@@ -364,8 +375,12 @@ class RepoTest : public ::testing::Test {
         EXPECT_EQ(sa.st_mtim.tv_sec, sb.st_mtim.tv_sec) << rel;
         EXPECT_EQ(sa.st_mtim.tv_nsec, sb.st_mtim.tv_nsec) << rel;
       }
-      if (S_ISREG(sa.st_mode)) EXPECT_TRUE(ReadFile(it->path()) == ReadFile(other)) << rel << " differs";
-      if (S_ISLNK(sa.st_mode)) EXPECT_EQ(fs::read_symlink(it->path()), fs::read_symlink(other)) << rel;
+      if (S_ISREG(sa.st_mode)) {
+        EXPECT_TRUE(ReadFile(it->path()) == ReadFile(other)) << rel << " differs";
+      }
+      if (S_ISLNK(sa.st_mode)) {
+        EXPECT_EQ(fs::read_symlink(it->path()), fs::read_symlink(other)) << rel;
+      }
     }
   }
   TempDir dir_;
@@ -1031,6 +1046,54 @@ TEST_F(RepoTest, NamesAndLinkTargetsThatAreNotUtf8RoundTripExactly) {
   auto again = MustBackup(*repo);
   EXPECT_EQ(again.files_unchanged, 2u);
   EXPECT_EQ(again.bytes_read, 0u);
+}
+
+// Restore trusts a version 2 blob's tag instead of re-hashing it, so the tag must bind the blob to
+// its id: an index that sends one blob's id to another blob's bytes is refused in both versions
+// (by the tag in 2, by the id check in 1), by restore and by check --read-data.
+TEST(RepoFormat, ABlobUnderAnotherIdsIndexEntryIsRefusedInBothVersions) {
+  for (int version : {1, 2}) {
+    SCOPED_TRACE("version " + std::to_string(version));
+    TempDir dir;
+    InitOptions o;
+    o.fast_kdf = true;
+    o.chunker = {16 * 1024, 15, 256 * 1024};
+    o.version = version;
+    auto repo = Repository::Init(NewLocalBackend(dir / "repo"), "pw", o);
+    ASSERT_TRUE(repo) << repo.error().ToString();
+    EXPECT_EQ((*repo)->config().version, version);
+    WriteFile(dir / "ws/a.bin", RandomData(20000, 1));  // one chunk each, stored raw: same length
+    WriteFile(dir / "ws/b.bin", RandomData(20000, 2));
+    BackupOptions bo;
+    bo.paths = {dir / "ws"};
+    ASSERT_TRUE(Backup(**repo, bo));
+    auto by_pack = (*repo)->IndexByPack();
+    std::vector<BlobLocation*> data;
+    for (auto& [pack, blobs] : by_pack) {
+      for (auto& [id, l] : blobs) {
+        if (l.type == BlobType::kData) data.push_back(&l);
+      }
+    }
+    ASSERT_EQ(data.size(), 2u);
+    ASSERT_EQ(data[0]->length, data[1]->length);
+    std::swap(*data[0], *data[1]);
+    ASSERT_TRUE((*repo)->RewriteIndex(by_pack).ok());
+    auto reopened = Repository::Open(NewLocalBackend(dir / "repo"), "pw");
+    ASSERT_TRUE(reopened);
+    EXPECT_EQ((*reopened)->config().version, version);
+    auto snap = (*reopened)->FindSnapshot("latest");
+    ASSERT_TRUE(snap);
+    RestoreOptions ro;
+    ro.target = dir / "out";
+    auto r = Restore(**reopened, snap->second.tree, ro);
+    ASSERT_FALSE(r) << "restore accepted a blob under another blob's id";
+    EXPECT_EQ(r.error().code(), Code::kCorruption);
+    EXPECT_NE(r.error().message().find(version == 2 ? "authentication failed" : "does not match its id"), std::string::npos)
+        << r.error().message();
+    auto c = Check(**reopened, true);
+    ASSERT_TRUE(c);
+    EXPECT_EQ(c->errors.size(), 2u);
+  }
 }
 
 TEST_F(RepoTest, UnknownFormatVersionIsRefused) {
