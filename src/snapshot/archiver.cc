@@ -233,7 +233,10 @@ class Run {
     if (!direct) posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     const size_t max = chunker_.params().max_size;
     // One raw buffer per reader thread, allocated once, page-aligned (O_DIRECT) and never
-    // zero-filled: small files must not pay for clearing megabytes they do not use.
+    // zero-filled: small files must not pay for clearing megabytes they do not use. (The chunker
+    // needs `max` bytes ahead, so almost `max` bytes move to the front each time the buffer runs
+    // out. A 4 * max buffer moved a third as much but gained nothing measurable in the 7 GB first
+    // backup, for 150 MB more peak RSS.)
     const size_t cap = 2 * max + kDirectAlign;
     struct Free {
       void operator()(char* p) const { std::free(p); }

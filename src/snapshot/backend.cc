@@ -213,76 +213,82 @@ class LocalBackend final : public Backend {
   // aligned span around it into an aligned buffer, then the range out of it): a restore reads
   // every pack once, and on VMs the buffered read's copy out of freshly faulted page-cache pages
   // cost more CPU than decrypting. nullopt = use a buffered read (cached, or O_DIRECT refused).
-  static std::optional<std::string> LoadDirect(int fd, const std::string& path, int64_t offset, size_t n) {
+  // Reads [offset, offset + n) with O_DIRECT into *out when the range is not cached; false (and
+  // nothing read) when it is cached or O_DIRECT is refused, and the buffered path runs instead.
+  static bool LoadDirect(int fd, const std::string& path, int64_t offset, size_t n, std::string* out) {
     constexpr uint64_t kAlign = 4096;
     uint64_t lo = static_cast<uint64_t>(offset) / kAlign * kAlign;
     uint64_t hi = (static_cast<uint64_t>(offset) + n + kAlign - 1) / kAlign * kAlign;
     void* map = ::mmap(nullptr, kAlign, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(lo));
-    if (map == MAP_FAILED) return std::nullopt;
+    if (map == MAP_FAILED) return false;
     unsigned char resident = 1;
     int rc = ::mincore(map, kAlign, &resident);
     ::munmap(map, kAlign);
-    if (rc != 0 || (resident & 1)) return std::nullopt;
+    if (rc != 0 || (resident & 1)) return false;
     int dfd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
-    if (dfd < 0) return std::nullopt;
-    // Read into the result itself, at its first 4 KiB-aligned address, then slide the range down:
-    // no second buffer per thread.
-    std::string out(hi - lo + kAlign, '\0');
-    size_t adj = (kAlign - reinterpret_cast<uintptr_t>(out.data()) % kAlign) % kAlign;
-    char* buf = out.data() + adj;
+    if (dfd < 0) return false;
+    // Read into *out itself, at its first 4 KiB-aligned address, then slide the range down: no
+    // second buffer. A reused *out (restore's range pool) is only zero-filled where it grows.
+    size_t need = hi - lo + kAlign;
+    if (out->size() < need) out->resize(need);
+    size_t adj = (kAlign - reinterpret_cast<uintptr_t>(out->data()) % kAlign) % kAlign;
+    char* buf = out->data() + adj;
     uint64_t got = 0, want = static_cast<uint64_t>(offset) + n - lo;
     while (got < want) {
       ssize_t r = ::pread(dfd, buf + got, hi - lo - got, static_cast<off_t>(lo + got));
       if (r < 0 && errno == EINTR) continue;
       if (r <= 0 || (static_cast<uint64_t>(r) % kAlign != 0 && got + static_cast<uint64_t>(r) < want)) {
         ::close(dfd);
-        return std::nullopt;  // an error or an odd short read: the buffered path reports it
+        return false;  // an error or an odd short read: the buffered path reports it
       }
       got += static_cast<uint64_t>(r);
     }
     ::close(dfd);
     size_t skip = adj + (static_cast<uint64_t>(offset) - lo);
-    std::memmove(out.data(), out.data() + skip, n);
-    out.resize(n);
-    return out;
+    std::memmove(out->data(), out->data() + skip, n);
+    out->resize(n);
+    return true;
   }
 
   Result<std::string> Load(const Handle& h, int64_t offset, int64_t length) override {
+    std::string out;
+    DUMONT_RETURN_IF_ERROR(LoadInto(h, offset, length, &out));
+    return out;
+  }
+
+  Status LoadInto(const Handle& h, int64_t offset, int64_t length, std::string* out) override {
     std::string path = Path(h);
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-      if (errno == ENOENT) return Err(Status::NotFound(path + " does not exist"));
-      return Err(Errno("cannot open " + path));
+      if (errno == ENOENT) return Status::NotFound(path + " does not exist");
+      return Errno("cannot open " + path);
     }
     struct stat st{};
     ::fstat(fd, &st);
     Status range = CheckRange(path, st.st_size, offset, length);
     if (!range.ok()) {
       ::close(fd);
-      return Err(range);
+      return range;
     }
     size_t n = length == 0 ? static_cast<size_t>(st.st_size - offset) : static_cast<size_t>(length);
-    if (n >= (1 << 20)) {
-      auto direct = LoadDirect(fd, path, offset, n);
-      if (direct) {
-        ::close(fd);
-        return std::move(*direct);
-      }
+    if (n >= (1 << 20) && LoadDirect(fd, path, offset, n, out)) {
+      ::close(fd);
+      return Status::Ok();
     }
-    std::string out(n, '\0');
+    out->resize(n);
     size_t got = 0;
     while (got < n) {
-      ssize_t r = ::pread(fd, out.data() + got, n - got, offset + static_cast<int64_t>(got));
+      ssize_t r = ::pread(fd, out->data() + got, n - got, offset + static_cast<int64_t>(got));
       if (r < 0 && errno == EINTR) continue;
       if (r <= 0) {
         Status e = r == 0 ? Status::Corruption(path + " ended early") : Errno("cannot read " + path);
         ::close(fd);
-        return Err(e);
+        return e;
       }
       got += static_cast<size_t>(r);
     }
     ::close(fd);
-    return out;
+    return Status::Ok();
   }
 
   Result<FileInfo> Stat(const Handle& h) override {

@@ -29,6 +29,9 @@ double SampleLaneEntropy(std::string_view data, size_t stride);
 
 // Returns the stored form and sets *used.
 std::string Compress(std::string_view raw, CompressionMode mode, Compression* used);
+// The same without allocating or copying: the result is `raw` itself (stored raw) or bytes in a
+// per-thread buffer, valid until this thread's next call (the backup's hot path).
+std::string_view CompressView(std::string_view raw, CompressionMode mode, Compression* used);
 Result<std::string> Decompress(std::string_view stored, Compression c, size_t raw_length);
 // The same into out[0, raw_length) (the restorer decompresses into aligned buffers for O_DIRECT).
 // `scratch`, when given, holds raw_length bytes for the lane-grouped types (else a per-thread

@@ -57,15 +57,14 @@ struct CtxFree {
   void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX_free(c); }
 };
 
-std::string SealAad(const uint8_t key[32], std::string_view plaintext, std::string_view aad) {
-  std::string out(12 + plaintext.size() + 16, '\0');
+void SealAadTo(const uint8_t key[32], std::string_view plaintext, std::string_view aad, char* out) {
   std::string nonce = RandomBytes(12);
-  std::memcpy(out.data(), nonce.data(), 12);
+  std::memcpy(out, nonce.data(), 12);
   std::unique_ptr<EVP_CIPHER_CTX, CtxFree> ctx(EVP_CIPHER_CTX_new());
   int len = 0;
   EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key,
                      reinterpret_cast<const unsigned char*>(nonce.data()));
-  auto* dst = reinterpret_cast<unsigned char*>(out.data() + 12);
+  auto* dst = reinterpret_cast<unsigned char*>(out + 12);
   if (!aad.empty()) {
     EVP_EncryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const unsigned char*>(aad.data()), static_cast<int>(aad.size()));
   }
@@ -73,7 +72,12 @@ std::string SealAad(const uint8_t key[32], std::string_view plaintext, std::stri
                     static_cast<int>(plaintext.size()));
   int fin = 0;
   EVP_EncryptFinal_ex(ctx.get(), dst + len, &fin);
-  EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, 16, out.data() + 12 + plaintext.size());
+  EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, 16, out + 12 + plaintext.size());
+}
+
+std::string SealAad(const uint8_t key[32], std::string_view plaintext, std::string_view aad) {
+  std::string out(12 + plaintext.size() + 16, '\0');
+  SealAadTo(key, plaintext, aad, out.data());
   return out;
 }
 
@@ -111,6 +115,9 @@ Result<std::string> OpenWith(const uint8_t key[32], std::string_view sealed) { r
 
 Status UnsealInto(const MasterKey& k, std::string_view sealed, char* out, std::string_view aad) {
   return OpenInto(k.enc.data(), sealed, out, aad);
+}
+void SealTo(const MasterKey& k, std::string_view plaintext, std::string_view aad, char* out) {
+  SealAadTo(k.enc.data(), plaintext, aad, out);
 }
 std::string Seal(const MasterKey& k, std::string_view plaintext, std::string_view aad) {
   return SealAad(k.enc.data(), plaintext, aad);

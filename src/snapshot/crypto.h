@@ -37,6 +37,8 @@ inline constexpr size_t kSealOverhead = 12 + 16;
 // `aad` (associated data) is authenticated with the ciphertext but not stored: unsealing needs the
 // same bytes. An empty aad is the same as none, so files sealed without it open with "".
 std::string Seal(const MasterKey& k, std::string_view plaintext, std::string_view aad = {});
+// The same into out[0, plaintext.size() + kSealOverhead) (the backup seals into a reused buffer).
+void SealTo(const MasterKey& k, std::string_view plaintext, std::string_view aad, char* out);
 // Corruption when the tag does not verify (wrong key or aad, damaged or truncated data).
 Result<std::string> Unseal(const MasterKey& k, std::string_view sealed, std::string_view aad = {});
 // Same into `out`, which holds sealed.size() - kSealOverhead bytes (restore reuses its buffers

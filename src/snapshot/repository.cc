@@ -435,9 +435,15 @@ Result<bool> Repository::SaveBlob(BlobType t, const Id& id, std::string_view pla
     if (index_.count(id) || pending_ids_.count(id)) return false;
     pending_ids_.insert(id);
   }
+  // Compressed and sealed in per-thread buffers, then copied once, into the pack.
   Compression used;
-  std::string body = Compress(plaintext, compression_, &used);
-  std::string sealed = Seal(key_, body, BlobAad(id, used, plaintext.size()));
+  std::string_view body = CompressView(plaintext, compression_, &used);
+  thread_local std::unique_ptr<char[]> seal_buf;
+  thread_local size_t seal_cap = 0;
+  size_t sealed_len = body.size() + kSealOverhead;
+  if (seal_cap < sealed_len) seal_buf.reset(new char[sealed_len]), seal_cap = sealed_len;
+  SealTo(key_, body, BlobAad(id, used, plaintext.size()), seal_buf.get());
+  std::string_view sealed(seal_buf.get(), sealed_len);
   if (stored_bytes) *stored_bytes = sealed.size();
   std::unique_lock lock(mu_);
   // Trees and data go to separate packs: a snapshot's trees then sit together in a few packs that
@@ -764,7 +770,46 @@ Result<std::pair<Id, SnapshotManifest>> Repository::FindSnapshot(const std::stri
 
 // ---- locks
 
-Repository::Lock::~Lock() { (void)repo_->backend_->Remove({FileType::kLock, name_}); }
+namespace {
+std::string SealedJsonPlain(const std::string& text) {
+  std::string plain;
+  plain.push_back(0);
+  uint64_t raw = text.size();
+  plain.append(reinterpret_cast<const char*>(&raw), 8);
+  plain += text;
+  return plain;
+}
+}  // namespace
+
+Repository::Lock::Lock(Repository* r, std::string name, std::string body)
+    : repo_(r), name_(std::move(name)), body_(json::parse(body)) {
+  refresher_ = std::thread([this] { Refresh(); });
+}
+
+Repository::Lock::~Lock() {
+  {
+    std::lock_guard l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  refresher_.join();
+  (void)repo_->backend_->Remove({FileType::kLock, name_});
+}
+
+// Re-saves the lock with the current time (Save replaces an object atomically on every backend).
+// A failed refresh is retried at the next tick; the lock only goes stale after 30 min of failures.
+void Repository::Lock::Refresh() {
+  auto period = std::chrono::duration<double>(repo_->lock_refresh_s_);
+  std::unique_lock l(mu_);
+  while (!cv_.wait_for(l, period, [&] { return stop_; })) {
+    body_["time_unix"] = NowUnix();
+    std::string sealed = Seal(repo_->key_, SealedJsonPlain(body_.dump()));
+    l.unlock();
+    Status st = repo_->backend_->Save({FileType::kLock, name_}, sealed);
+    l.lock();
+    if (st.ok()) ++refreshes_;
+  }
+}
 
 Status Repository::RemoveStaleLocks(bool all) {
   auto files = backend_->List(FileType::kLock);
@@ -777,7 +822,7 @@ Status Repository::RemoveStaleLocks(bool all) {
     if (j) {
       int64_t t = j->value("time_unix", int64_t{0});
       int pid = j->value("pid", 0);
-      if (now - t > 30 * 60) stale = true;
+      if (now - t > lock_stale_s_) stale = true;
       if (j->value("hostname", "") == host && pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) stale = true;
     }
     if (stale) DUMONT_RETURN_STATUS_IF_ERROR(backend_->Remove({FileType::kLock, f.name}));
@@ -809,18 +854,13 @@ Result<std::unique_ptr<Repository::Lock>> Repository::LockRepo(bool exclusive) {
   std::string name = HexEncode(RandomBytes(32));
   // Locks are named randomly (not by content) so two identical lock bodies never collide.
   std::string text = lock.dump();
-  std::string plain;
-  plain.push_back(0);
-  uint64_t raw = text.size();
-  plain.append(reinterpret_cast<const char*>(&raw), 8);
-  plain += text;
-  DUMONT_RETURN_IF_ERROR(backend_->Save({FileType::kLock, name}, Seal(key_, plain)));
+  DUMONT_RETURN_IF_ERROR(backend_->Save({FileType::kLock, name}, Seal(key_, SealedJsonPlain(text))));
   Status again = conflicts(name);  // someone raced us: back off
   if (!again.ok()) {
     (void)backend_->Remove({FileType::kLock, name});
     return Err(again);
   }
-  return std::make_unique<Lock>(this, name);
+  return std::make_unique<Lock>(this, name, text);
 }
 
 }  // namespace dumont::snapshot

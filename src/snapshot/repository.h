@@ -19,6 +19,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -151,18 +152,32 @@ class Repository {
   Status ChangePassword(std::string_view password, bool fast_kdf);
   const std::string& key_name() const { return key_name_; }
 
-  // Locks: shared for backup, exclusive for forget/prune. Stale locks (older than 30 min, or held
-  // by a dead process on this host) are ignored and removed.
+  // Locks: shared for backup, exclusive for forget/prune. Stale locks (not refreshed for 30 min,
+  // or held by a dead process on this host) are ignored and removed. A held lock is re-saved with
+  // a new time every 5 min, so a backup that runs for hours is never taken for stale (a prune
+  // elsewhere would delete its packs, uploaded but not yet indexed, as leftovers).
   class Lock {
    public:
-    Lock(Repository* r, std::string name) : repo_(r), name_(std::move(name)) {}
+    Lock(Repository* r, std::string name, std::string body);
     ~Lock();
+    int64_t refreshes() const { return refreshes_.load(); }
+
    private:
+    void Refresh();
     Repository* repo_;
     std::string name_;
+    nlohmann::json body_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    bool stop_ = false;
+    std::atomic<int64_t> refreshes_{0};
+    std::thread refresher_;
   };
   Result<std::unique_ptr<Lock>> LockRepo(bool exclusive);
   Status RemoveStaleLocks(bool all);
+  // Tests shorten these (seconds): how often a held lock is refreshed, and the age past which
+  // another process treats a lock as stale.
+  void SetLockTiming(double refresh_s, int64_t stale_s) { lock_refresh_s_ = refresh_s, lock_stale_s_ = stale_s; }
 
  private:
   explicit Repository(std::unique_ptr<Backend> b);
@@ -182,6 +197,8 @@ class Repository {
   std::string key_name_;
   CompressionMode compression_ = CompressionMode::kAuto;
   size_t pack_target_ = 16 * 1024 * 1024;
+  double lock_refresh_s_ = 5 * 60;
+  int64_t lock_stale_s_ = 30 * 60;
 
   std::mutex mu_;
   std::mutex tree_cache_mu_;

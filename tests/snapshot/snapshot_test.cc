@@ -7,11 +7,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <random>
 #include <set>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <zstd.h>
@@ -1162,6 +1164,37 @@ TEST_F(RepoTest, ExclusiveLockConflictsAndNamesTheHolder) {
   EXPECT_NE(ex.error().message().find("PID " + std::to_string(getpid())), std::string::npos);
   shared->reset();
   EXPECT_TRUE(b->LockRepo(true));
+}
+
+// A backup that runs past the stale age keeps its lock (it is refreshed), so a prune elsewhere
+// cannot take the repository and delete its not-yet-indexed packs; a lock nobody refreshes (its
+// holder hung or lost the network) does go stale. Timings are shortened: stale after 2 s.
+TEST_F(RepoTest, HeldLocksAreRefreshedAndOnlyAbandonedOnesGoStale) {
+  auto a = OpenRepo();
+  auto b = OpenRepo();
+  a->SetLockTiming(0.1, 2);
+  b->SetLockTiming(0.1, 2);
+  auto held = a->LockRepo(false);
+  ASSERT_TRUE(held);
+  // 35 refreshes at 0.1 s apart: the lock was taken more than 3.5 s ago.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while ((*held)->refreshes() < 35 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GE((*held)->refreshes(), 35);
+  auto ex = b->LockRepo(true);
+  ASSERT_FALSE(ex) << "a refreshed lock was taken for stale";
+  EXPECT_EQ(ex.error().code(), Code::kConflict);
+  held->reset();
+  EXPECT_EQ(NewLocalBackend(repo_dir_)->List(FileType::kLock)->size(), 0u);
+
+  a->SetLockTiming(1e6, 2);  // never refreshed
+  auto abandoned = a->LockRepo(false);
+  ASSERT_TRUE(abandoned);
+  int64_t taken = ::time(nullptr);
+  while (::time(nullptr) <= taken + 3) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ((*abandoned)->refreshes(), 0);
+  EXPECT_TRUE(b->LockRepo(true)) << "a lock past the stale age was not removed";
 }
 
 TEST_F(RepoTest, BackupAndRestoreThroughS3) {
