@@ -23,7 +23,8 @@ using nlohmann::json;
 using namespace dumont::snapshot;
 
 struct SnapshotArgs {
-  CLI::App *init, *backup, *snapshots, *restore, *ls, *diff, *forget, *prune, *check, *stats, *key, *passwd, *unlock;
+  CLI::App *init, *backup, *snapshots, *restore, *ls, *diff, *forget, *prune, *check, *stats, *key, *passwd, *unlock,
+      *repair, *repair_index;
   std::string repo, password_file, new_password_file, compression = "auto";
   std::vector<std::string> paths, tags, excludes;
   std::string parent, host, target, include, snap_a, snap_b, ls_path;
@@ -73,9 +74,10 @@ std::unique_ptr<Backend> MustBackend(const SnapshotArgs& a) {
   return std::move(*b);
 }
 
-std::unique_ptr<Repository> MustOpen(const SnapshotArgs& a) {
+std::unique_ptr<Repository> MustOpen(const SnapshotArgs& a, bool load_index = true) {
   auto backend = MustBackend(a);
-  auto repo = Repository::Open(std::move(backend), ReadPassword(a.password_file, "DUMONT_REPO_PASSWORD", "repository password"));
+  auto repo = Repository::Open(std::move(backend), ReadPassword(a.password_file, "DUMONT_REPO_PASSWORD", "repository password"),
+                               load_index);
   if (!repo) throw Fail{repo.error().code() == Code::kUnauthenticated ? 4 : 1, repo.error().message()};
   CompressionMode mode;
   if (!ParseCompressionMode(a.compression, &mode)) throw Fail{2, "--compression must be auto, zstd, lz4 or off"};
@@ -145,6 +147,22 @@ int Run(SnapshotArgs& a, bool json_out) {
         "created repository " + (*repo)->config().id.substr(0, 10) + " at " + where +
             "\nKeep the password safe: without it the data cannot be read back.");
     return 0;
+  }
+
+  if (*a.repair_index) {  // the index may be what is damaged: open without it
+    auto repo = MustOpen(a, false);
+    auto lock = Must(repo->LockRepo(true));
+    auto r = Must(RepairIndex(*repo, [&](const std::string& line) {
+      if (tty && !json_out) std::fprintf(stderr, "\r\033[K%s", line.c_str());
+    }));
+    if (tty && !json_out) std::fprintf(stderr, "\r\033[K");
+    std::string human;
+    for (const auto& u : r.unreadable) human += "warning: skipped: " + u + "\n";
+    human += "index rebuilt from " + std::to_string(r.packs) + " pack(s): " + std::to_string(r.blobs) + " blob(s); " +
+             std::to_string(r.index_files_replaced) + " old index file(s) replaced";
+    if (!r.unreadable.empty()) human += "\nrun `dumont snapshot check` to see which snapshots miss data";
+    out(r.ToJson(), human);
+    return r.unreadable.empty() ? 0 : 3;
   }
 
   auto repo = MustOpen(a);
@@ -413,6 +431,10 @@ SnapshotArgs* AddSnapshotCommands(CLI::App& parent) {
   a->passwd->add_option("--new-password-file", a->new_password_file, "read the new password from FILE");
   a->unlock = s->add_subcommand("unlock", "remove stale locks");
   a->unlock->add_flag("--remove-all", a->remove_all, "remove every lock, even live ones");
+  a->repair = s->add_subcommand("repair", "rebuild damaged repository metadata");
+  a->repair->require_subcommand(1);
+  a->repair_index = a->repair->add_subcommand(
+      "index", "rebuild the index from the packs' headers (when index files are lost or damaged); exit 3 if some packs were unreadable");
   return a;
 }
 

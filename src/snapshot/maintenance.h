@@ -42,6 +42,17 @@ struct PruneResult {
   uint64_t packs_deleted = 0, packs_repacked = 0, blobs_removed = 0, bytes_freed = 0;
   nlohmann::json ToJson() const;
 };
+struct RepairIndexResult {
+  uint64_t packs = 0, blobs = 0, index_files_replaced = 0;
+  std::vector<std::string> unreadable;  // packs whose header cannot be read, with the reason
+  nlohmann::json ToJson() const;
+};
+// Rebuilds the index from the packs' headers, for a repository whose index files are lost or
+// damaged (open it with load_index = false), under an exclusive lock taken by the caller. Reads
+// only each pack's tail. The new index is written before the old files go, so a crash leaves a
+// repository that opens. Packs whose header cannot be read are reported and left in place.
+Result<RepairIndexResult> RepairIndex(Repository& repo, const std::function<void(const std::string&)>& progress = nullptr);
+
 // Removes data no snapshot uses. Order: new packs -> new index -> old indexes -> old packs, under an
 // exclusive lock (taken by the caller).
 Result<PruneResult> Prune(Repository& repo);

@@ -225,7 +225,8 @@ Result<std::unique_ptr<Repository>> Repository::Init(std::unique_ptr<Backend> ba
   return r;
 }
 
-Result<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<Backend> backend, std::string_view password) {
+Result<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<Backend> backend, std::string_view password,
+                                                     bool load_index) {
   std::unique_ptr<Repository> r(new Repository(std::move(backend)));
   std::string where = r->backend_->Location();
   auto cfg_sealed = r->backend_->Load({FileType::kConfig, ""});
@@ -300,7 +301,7 @@ Result<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<Backend> ba
   if (c.min_size < 64 || c.avg_bits < 8 || c.avg_bits > 28 || c.max_size < c.min_size || c.max_size > (64u << 20)) {
     return Err(Status::Corruption("repository config has invalid chunker parameters"));
   }
-  DUMONT_RETURN_IF_ERROR(r->LoadIndex());
+  if (load_index) DUMONT_RETURN_IF_ERROR(r->LoadIndex());
   return r;
 }
 
@@ -394,7 +395,8 @@ void Repository::ForgetPack(const Id& pack) {
   }
 }
 
-Status Repository::RewriteIndex(const std::map<Id, std::vector<std::pair<Id, BlobLocation>>>& keep) {
+Status Repository::RewriteIndex(const std::map<Id, std::vector<std::pair<Id, BlobLocation>>>& keep,
+                                const std::vector<std::string>* remove) {
   json packs = json::array();
   for (const auto& [pack, blobs] : keep) {
     json arr = json::array();
@@ -404,7 +406,9 @@ Status Repository::RewriteIndex(const std::map<Id, std::vector<std::pair<Id, Blo
   auto name = SaveJsonFile(FileType::kIndex, {{"packs", packs}});
   if (!name) return name.error();
   std::vector<std::string> old;
-  {
+  if (remove) {
+    old = *remove;
+  } else {
     std::lock_guard lock(mu_);
     old = index_files_;
   }
@@ -538,12 +542,11 @@ Status Repository::Flush() {
   return WriteIndexLocked(lock);
 }
 
-Result<std::vector<PackHeaderEntry>> ReadPackHeader(const MasterKey& key, const std::string& name, std::string_view pack) {
-  if (pack.size() < 4 + kSealOverhead) return Err(Status::Corruption("pack " + name + " is truncated"));
-  uint32_t hlen;
-  std::memcpy(&hlen, pack.data() + pack.size() - 4, 4);
-  if (hlen > pack.size() - 4 || hlen < kSealOverhead) return Err(Status::Corruption("pack " + name + " has a bad header length"));
-  auto text = Unseal(key, pack.substr(pack.size() - 4 - hlen, hlen));
+namespace {
+// `sealed` is the pack's sealed header; `data_len` the bytes before it (where the blobs are).
+Result<std::vector<PackHeaderEntry>> ParsePackHeader(const MasterKey& key, const std::string& name, std::string_view sealed,
+                                                     uint64_t data_len) {
+  auto text = Unseal(key, sealed);
   if (!text) return Err(text.error().Annotate("pack " + name + " header"));
   json h = json::parse(*text, nullptr, false);
   if (!h.is_array()) return Err(Status::Corruption("pack " + name + " header is not a list"));
@@ -551,12 +554,42 @@ Result<std::vector<PackHeaderEntry>> ReadPackHeader(const MasterKey& key, const 
   for (const auto& e : h) {
     Id id;
     BlobLocation l;
-    if (!ParseEntry(e, &id, &l) || static_cast<uint64_t>(l.offset) + l.length > pack.size() - 4 - hlen) {
+    if (!ParseEntry(e, &id, &l) || static_cast<uint64_t>(l.offset) + l.length > data_len) {
       return Err(Status::Corruption("pack " + name + " header has a malformed entry"));
     }
     out.push_back({id, l.type, l.offset, l.length, l.raw_length, l.compression});
   }
   return out;
+}
+}  // namespace
+
+Result<std::vector<PackHeaderEntry>> ReadPackHeader(const MasterKey& key, const std::string& name, std::string_view pack) {
+  if (pack.size() < 4 + kSealOverhead) return Err(Status::Corruption("pack " + name + " is truncated"));
+  uint32_t hlen;
+  std::memcpy(&hlen, pack.data() + pack.size() - 4, 4);
+  if (hlen > pack.size() - 4 || hlen < kSealOverhead) return Err(Status::Corruption("pack " + name + " has a bad header length"));
+  return ParsePackHeader(key, name, pack.substr(pack.size() - 4 - hlen, hlen), pack.size() - 4 - hlen);
+}
+
+Result<std::vector<PackHeaderEntry>> LoadPackHeader(Backend& backend, const MasterKey& key, const std::string& name,
+                                                    int64_t pack_size) {
+  if (pack_size < static_cast<int64_t>(4 + kSealOverhead)) return Err(Status::Corruption("pack " + name + " is truncated"));
+  // One read of the tail usually holds the whole header (~120 bytes per blob); else a second one.
+  int64_t tail_len = std::min<int64_t>(pack_size, 64 * 1024);
+  auto tail = backend.Load({FileType::kPack, name}, pack_size - tail_len, tail_len);
+  if (!tail) return Err(tail.error());
+  uint32_t hlen;
+  std::memcpy(&hlen, tail->data() + tail->size() - 4, 4);
+  if (hlen > static_cast<uint64_t>(pack_size) - 4 || hlen < kSealOverhead) {
+    return Err(Status::Corruption("pack " + name + " has a bad header length"));
+  }
+  uint64_t data_len = static_cast<uint64_t>(pack_size) - 4 - hlen;
+  if (hlen + 4 <= tail->size()) {
+    return ParsePackHeader(key, name, std::string_view(*tail).substr(tail->size() - 4 - hlen, hlen), data_len);
+  }
+  auto sealed = backend.Load({FileType::kPack, name}, static_cast<int64_t>(data_len), hlen);
+  if (!sealed) return Err(sealed.error());
+  return ParsePackHeader(key, name, *sealed, data_len);
 }
 
 std::string Repository::BlobAad(const Id& id, Compression c, uint64_t raw_length) const {

@@ -88,12 +88,17 @@ struct PackHeaderEntry {
 // Parses a pack file: trailer, sealed header. Errors name the pack.
 Result<std::vector<PackHeaderEntry>> ReadPackHeader(const MasterKey& key, const std::string& pack_name,
                                                     std::string_view pack);
+// The same reading only the pack's tail from `backend` (pack_size from List or Stat).
+Result<std::vector<PackHeaderEntry>> LoadPackHeader(Backend& backend, const MasterKey& key, const std::string& pack_name,
+                                                    int64_t pack_size);
 
 class Repository {
  public:
   static Result<std::unique_ptr<Repository>> Init(std::unique_ptr<Backend> backend, std::string_view password,
                                                   const InitOptions& opts = {});
-  static Result<std::unique_ptr<Repository>> Open(std::unique_ptr<Backend> backend, std::string_view password);
+  // load_index false: for `repair index`, which must open a repository whose index is damaged.
+  static Result<std::unique_ptr<Repository>> Open(std::unique_ptr<Backend> backend, std::string_view password,
+                                                  bool load_index = true);
   ~Repository();
 
   Backend& backend() { return *backend_; }
@@ -142,8 +147,10 @@ class Repository {
   std::map<Id, std::vector<std::pair<Id, BlobLocation>>> IndexByPack();
   // Drops a pack's blobs from the in-memory index (prune, before copying or deleting it).
   void ForgetPack(const Id& pack);
-  // Replaces all index files with one covering exactly `keep` (prune).
-  Status RewriteIndex(const std::map<Id, std::vector<std::pair<Id, BlobLocation>>>& keep);
+  // Replaces all index files with one covering exactly `keep` (prune): writes it, removes the
+  // loaded index files (or the `remove` list: repair index, whose old files may not load), reloads.
+  Status RewriteIndex(const std::map<Id, std::vector<std::pair<Id, BlobLocation>>>& keep,
+                      const std::vector<std::string>* remove = nullptr);
 
   // Keys
   Status AddKey(std::string_view password, bool fast_kdf);

@@ -2,7 +2,7 @@
 # End to end on the real `dumont snapshot` binary: init, backup (JSON progress and summary), list,
 # restore byte-identical, ls, diff, wrong password, kill -9 at random moments during a backup
 # (the repository must stay checkable and the next backup must finish), forget --prune, key passwd,
-# and a corrupted pack named by check --read-data.
+# repair index after the index is lost, and a corrupted pack named by check --read-data.
 BIN=$1
 source "$(dirname "$0")/lib.sh"
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
@@ -83,6 +83,16 @@ DUMONT_REPO_PASSWORD=new-secret-2 $D snapshot -r "$R" snapshots >/dev/null || fa
 $D snapshot -r "$R" snapshots >/dev/null 2>&1 && fail "old password still works"
 export DUMONT_REPO_PASSWORD=new-secret-2
 pass "key passwd"
+
+# A lost index: the snapshots' data is unreachable until `repair index` rebuilds it from the packs.
+rm -f "$R"/index/*
+set +e; $D snapshot -r "$R" restore latest --target "$TMP/lost" >/dev/null 2>&1; rc=$?; set -e
+[ "$rc" != 0 ] || fail "restore without an index should fail"
+$D --json snapshot -r "$R" repair index | jq -e '.packs > 0 and .blobs > 0 and (.unreadable_packs | length) == 0' >/dev/null || fail "repair index"
+$D --json snapshot -r "$R" check --read-data | jq -e '.ok' >/dev/null || fail "check after repair index"
+rm -rf "$TMP/out"; $D snapshot -r "$R" restore latest --target "$TMP/out" >/dev/null || fail "restore after repair index"
+diff -r "$SRC" "$TMP/out/ws" || fail "restore after repair index differs"
+pass "repair index rebuilds a lost index: check passes, restore is identical"
 
 PACK=$(find "$R/data" -type f -size +1M | head -1)
 # Flip every bit of one byte (writing a fixed 0xff left the pack intact when that byte was 0xff

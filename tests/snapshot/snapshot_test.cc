@@ -1197,6 +1197,68 @@ TEST_F(RepoTest, HeldLocksAreRefreshedAndOnlyAbandonedOnesGoStale) {
   EXPECT_TRUE(b->LockRepo(true)) << "a lock past the stale age was not removed";
 }
 
+// A damaged or lost index is rebuilt from the packs' headers: the repository then opens, checks
+// clean and restores identically. A pack whose header is damaged is named and skipped.
+TEST_F(RepoTest, RepairIndexRebuildsALostOrDamagedIndexFromPackHeaders) {
+  {
+    auto repo = OpenRepo();
+    MustBackup(*repo);
+    WriteFile(src_ + "/code/more.py", "x = 2\n");
+    MustBackup(*repo);
+  }
+  auto b = NewLocalBackend(repo_dir_);
+  auto idx = b->List(FileType::kIndex);
+  ASSERT_GE(idx->size(), 2u);
+  ASSERT_TRUE(b->Save({FileType::kIndex, (*idx)[0].name}, "garbage").ok());
+  auto refused = Repository::Open(NewLocalBackend(repo_dir_), "pw");
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message().find((*idx)[0].name), std::string::npos) << refused.error().message();
+  {
+    auto repo = Repository::Open(NewLocalBackend(repo_dir_), "pw", false);
+    ASSERT_TRUE(repo) << repo.error().ToString();
+    auto r = RepairIndex(**repo);
+    ASSERT_TRUE(r) << r.error().ToString();
+    EXPECT_TRUE(r->unreadable.empty());
+    EXPECT_EQ(r->index_files_replaced, idx->size());
+    EXPECT_EQ(r->packs, b->List(FileType::kPack)->size());
+  }
+  EXPECT_EQ(b->List(FileType::kIndex)->size(), 1u);
+  auto repo = OpenRepo();
+  ASSERT_TRUE(repo);
+  auto c = Check(*repo, true);
+  ASSERT_TRUE(c);
+  EXPECT_TRUE(c->errors.empty()) << c->errors.front();
+  auto snap = repo->FindSnapshot("latest");
+  ASSERT_TRUE(snap);
+  RestoreOptions ro;
+  ro.target = dir_ / "out";
+  ASSERT_TRUE(Restore(*repo, snap->second.tree, ro));
+  ExpectSameTree(src_, dir_ / "out/ws");
+
+  // Every index file lost, and one pack's header damaged: that pack is named, the rest indexed.
+  auto remaining = b->List(FileType::kIndex);
+  for (const auto& f : *remaining) ASSERT_TRUE(b->Remove({FileType::kIndex, f.name}).ok());
+  auto packs = b->List(FileType::kPack);
+  ASSERT_GE(packs->size(), 2u);
+  const std::string victim = (*packs)[0].name;
+  std::string bytes = *b->Load({FileType::kPack, victim});
+  bytes[bytes.size() - 10] ^= 0x55;  // inside the sealed header
+  ASSERT_TRUE(b->Save({FileType::kPack, victim}, bytes).ok());
+  auto bare = Repository::Open(NewLocalBackend(repo_dir_), "pw", false);
+  ASSERT_TRUE(bare);
+  auto r = RepairIndex(**bare);
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->unreadable.size(), 1u);
+  EXPECT_NE(r->unreadable[0].find(victim), std::string::npos) << r->unreadable[0];
+  EXPECT_EQ(r->packs, packs->size() - 1);
+  EXPECT_EQ(r->index_files_replaced, 0u);
+  auto after = OpenRepo();
+  ASSERT_TRUE(after);
+  auto checked = Check(*after, false);
+  ASSERT_TRUE(checked) << checked.error().ToString();
+  EXPECT_FALSE(checked->errors.empty()) << "blobs of the skipped pack must show as missing";
+}
+
 TEST_F(RepoTest, BackupAndRestoreThroughS3) {
   std::string why;
   bool skip = false;
