@@ -48,6 +48,15 @@ std::string RandomData(size_t n, uint64_t seed) {
   return s;
 }
 
+// Restores the latest snapshot of `repo` into `target`.
+Result<RestoreSummary> RestoreLatest(Repository& repo, const std::string& target) {
+  auto snap = repo.FindSnapshot("latest");
+  if (!snap) return Err(snap.error());
+  RestoreOptions ro;
+  ro.target = target;
+  return Restore(repo, snap->second.tree, ro);
+}
+
 void WriteFile(const std::string& path, const std::string& data) {
   fs::create_directories(fs::path(path).parent_path());
   std::ofstream(path, std::ios::binary) << data;
@@ -459,11 +468,7 @@ TEST_F(RepoTest, BackupRestoreKeepsContentModesTimesLinksHolesAndEmptyDirs) {
   EXPECT_GT(s.bytes_added, 0u);
   EXPECT_LT(s.bytes_added, s.bytes_total);  // the log compresses, the hole dedups
   repo = OpenRepo();  // everything needed must be durable and indexed
-  auto snap = repo->FindSnapshot("latest");
-  ASSERT_TRUE(snap);
-  RestoreOptions ro;
-  ro.target = dir_ / "out";
-  auto r = Restore(*repo, snap->second.tree, ro);
+  auto r = RestoreLatest(*repo, dir_ / "out");
   ASSERT_TRUE(r) << r.error().ToString();
   ExpectSameTree(src_, dir_ / "out/ws");
   struct stat a{}, b{};
@@ -1032,11 +1037,7 @@ TEST_F(RepoTest, NamesAndLinkTargetsThatAreNotUtf8RoundTripExactly) {
   auto s = MustBackup(*repo);
   EXPECT_EQ(s.files_new, 2u);
   repo = OpenRepo();
-  auto snap = repo->FindSnapshot("latest");
-  ASSERT_TRUE(snap);
-  RestoreOptions ro;
-  ro.target = dir_ / "out";
-  auto r = Restore(*repo, snap->second.tree, ro);
+  auto r = RestoreLatest(*repo, dir_ / "out");
   ASSERT_TRUE(r) << r.error().ToString();
   ExpectSameTree(src_, dir_ / "out/ws");
   EXPECT_EQ(ReadFile(dir_ / "out/ws/caf\xe9/\xff\xfe.bin"), "bytes\n");
@@ -1069,6 +1070,15 @@ TEST(RepoFormat, ABlobUnderAnotherIdsIndexEntryIsRefusedInBothVersions) {
     BackupOptions bo;
     bo.paths = {dir / "ws"};
     ASSERT_TRUE(Backup(**repo, bo));
+    {  // intact, both versions round-trip (version 1: no associated data, ids recomputed)
+      auto r = RestoreLatest(**repo, dir / "good");
+      ASSERT_TRUE(r) << r.error().ToString();
+      EXPECT_EQ(ReadFile(dir / "good/ws/a.bin"), RandomData(20000, 1));
+      EXPECT_EQ(ReadFile(dir / "good/ws/b.bin"), RandomData(20000, 2));
+      auto c = Check(**repo, true);
+      ASSERT_TRUE(c);
+      EXPECT_TRUE(c->errors.empty());
+    }
     auto by_pack = (*repo)->IndexByPack();
     std::vector<BlobLocation*> data;
     for (auto& [pack, blobs] : by_pack) {
@@ -1083,11 +1093,7 @@ TEST(RepoFormat, ABlobUnderAnotherIdsIndexEntryIsRefusedInBothVersions) {
     auto reopened = Repository::Open(NewLocalBackend(dir / "repo"), "pw");
     ASSERT_TRUE(reopened);
     EXPECT_EQ((*reopened)->config().version, version);
-    auto snap = (*reopened)->FindSnapshot("latest");
-    ASSERT_TRUE(snap);
-    RestoreOptions ro;
-    ro.target = dir / "out";
-    auto r = Restore(**reopened, snap->second.tree, ro);
+    auto r = RestoreLatest(**reopened, dir / "out");
     ASSERT_FALSE(r) << "restore accepted a blob under another blob's id";
     EXPECT_EQ(r.error().code(), Code::kCorruption);
     EXPECT_NE(r.error().message().find(version == 2 ? "authentication failed" : "does not match its id"), std::string::npos)
@@ -1228,11 +1234,7 @@ TEST_F(RepoTest, RepairIndexRebuildsALostOrDamagedIndexFromPackHeaders) {
   auto c = Check(*repo, true);
   ASSERT_TRUE(c);
   EXPECT_TRUE(c->errors.empty()) << c->errors.front();
-  auto snap = repo->FindSnapshot("latest");
-  ASSERT_TRUE(snap);
-  RestoreOptions ro;
-  ro.target = dir_ / "out";
-  ASSERT_TRUE(Restore(*repo, snap->second.tree, ro));
+  ASSERT_TRUE(RestoreLatest(*repo, dir_ / "out"));
   ExpectSameTree(src_, dir_ / "out/ws");
 
   // Every index file lost, and one pack's header damaged: that pack is named, the rest indexed.
