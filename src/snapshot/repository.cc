@@ -455,6 +455,10 @@ Result<bool> Repository::SaveBlob(BlobType t, const Id& id, std::string_view pla
   auto& open_pack = open_packs_[t == BlobType::kTree ? 1 : 0];
   if (!open_pack) {
     open_pack = std::make_shared<PendingPack>();
+    if (t == BlobType::kData && !spare_packs_.empty()) {
+      open_pack->data = std::move(spare_packs_.back());
+      spare_packs_.pop_back();
+    }
     open_pack->data.reserve(t == BlobType::kTree ? (1 << 20) : pack_target_ + (1 << 20));
   }
   BlobLocation l;
@@ -503,6 +507,10 @@ Status Repository::SealAndQueueLocked(std::unique_lock<std::mutex>& lock, std::s
           blobs.emplace_back(id, loc);
         }
         unindexed_.emplace_back(pack_id, std::move(blobs));
+      }
+      if (pack->data.capacity() > pack_target_ && spare_packs_.size() < kSparePacks) {
+        pack->data.clear();
+        spare_packs_.push_back(std::move(pack->data));
       }
       cv_.notify_all();
     }

@@ -214,6 +214,11 @@ class Repository {
   std::unordered_map<Id, BlobLocation, IdHash> index_;
   std::unordered_set<Id, IdHash> pending_ids_;  // in an open or uploading pack
   std::shared_ptr<PendingPack> open_packs_[2];  // data, trees
+  // Buffers of uploaded data packs, reused for the next ones (at most kSparePacks): a fresh 17 MiB
+  // buffer per pack was either page faults (mmap) or, allocated by many threads, memory that each
+  // thread's malloc arena kept.
+  static constexpr size_t kSparePacks = 4;
+  std::vector<std::string> spare_packs_;
   int uploads_in_flight_ = 0;
   Status upload_error_;  // sticky
   std::vector<std::pair<Id, std::vector<std::pair<Id, BlobLocation>>>> unindexed_;  // uploaded packs
