@@ -131,8 +131,8 @@ Repository::~Repository() { uploaders_->Stop(); }
 // ---- files: plaintext = 1 byte (0 raw, 1 zstd) + payload, sealed; name = SHA-256 of stored bytes.
 
 Result<std::string> Repository::SaveJsonFile(FileType t, const json& j) {
-  // Replace, not throw: a backed-up path that is not UTF-8 is kept exactly in the root tree; the
-  // manifest's "paths" list is for display and parent matching.
+  // Replace, not throw: names and paths that are not UTF-8 are also kept exactly in "*_raw" fields
+  // (trees, manifests); the replaced copies are for display.
   std::string text = j.dump(-1, ' ', false, json::error_handler_t::replace);
   Compression used;
   std::string body = Compress(text, CompressionMode::kZstd, &used);
@@ -736,6 +736,13 @@ json ManifestJson(const SnapshotManifest& m) {
   json j = {{"time", m.time}, {"time_unix", m.time_unix}, {"time_ns", m.time_ns}, {"tree", IdHex(m.tree)}, {"paths", m.paths},
             {"hostname", m.hostname}, {"username", m.username}, {"tags", m.tags}, {"summary", m.summary}};
   if (m.parent) j["parent"] = IdHex(*m.parent);
+  // Paths are bytes, like tree names: if one is not UTF-8, all are kept exactly in "paths_raw"
+  // (base64url), so the next backup of the same paths finds this snapshot as its parent.
+  if (!std::all_of(m.paths.begin(), m.paths.end(), [](const std::string& p) { return ValidUtf8(p); })) {
+    json raw = json::array();
+    for (const auto& p : m.paths) raw.push_back(B64(p));
+    j["paths_raw"] = raw;
+  }
   return j;
 }
 bool ParseManifest(const json& j, SnapshotManifest* m) {
@@ -745,6 +752,13 @@ bool ParseManifest(const json& j, SnapshotManifest* m) {
     m->time_ns = j.value("time_ns", m->time_unix * 1'000'000'000);
     if (!ParseId(j.at("tree").get<std::string>(), &m->tree)) return false;
     m->paths = j.at("paths").get<std::vector<std::string>>();
+    if (j.contains("paths_raw")) {
+      const json& raw = j["paths_raw"];
+      if (!raw.is_array() || raw.size() != m->paths.size()) return false;
+      for (size_t i = 0; i < raw.size(); ++i) {
+        if (!UnB64(raw[i], &m->paths[i])) return false;
+      }
+    }
     m->hostname = j.value("hostname", "");
     m->username = j.value("username", "");
     m->tags = j.value("tags", std::vector<std::string>{});

@@ -1049,6 +1049,15 @@ TEST_F(RepoTest, NamesAndLinkTargetsThatAreNotUtf8RoundTripExactly) {
   auto again = MustBackup(*repo);
   EXPECT_EQ(again.files_unchanged, 2u);
   EXPECT_EQ(again.bytes_read, 0u);
+  // A backed-up path that is not UTF-8 is recorded exactly, so the next backup finds its parent.
+  BackupOptions o;
+  o.paths = {latin};
+  ASSERT_TRUE(Backup(*repo, o));
+  auto latin_again = Backup(*repo, o);
+  ASSERT_TRUE(latin_again) << latin_again.error().ToString();
+  EXPECT_TRUE(latin_again->parent.has_value());
+  EXPECT_EQ(latin_again->bytes_read, 0u);
+  EXPECT_EQ(OpenRepo()->ListSnapshots()->back().second.paths, std::vector<std::string>{latin});
 }
 
 // Restore trusts a version 2 blob's tag instead of re-hashing it, so the tag must bind the blob to
