@@ -181,16 +181,17 @@ int Run(SnapshotArgs& a, bool json_out) {
       if (json_out) {
         std::printf("%s\n", Dump(json({{"message_type", "status"}, {"files_done", p.files_done}, {"files_total", p.files_total},
                                   {"bytes_done", p.bytes_done}, {"bytes_total", p.bytes_total},
-                                  {"seconds_elapsed", p.elapsed_s}, {"bytes_per_second", rate}})).c_str());
+                                  {"totals_final", p.totals_final}, {"seconds_elapsed", p.elapsed_s},
+                                  {"bytes_per_second", rate}})).c_str());
         std::fflush(stdout);
       } else if (tty) {
         std::fprintf(stderr, "\r\033[K[%ds] %llu/%llu files, %s / %s, %s/s, ETA %s", static_cast<int>(p.elapsed_s),
                      static_cast<unsigned long long>(p.files_done), static_cast<unsigned long long>(p.files_total),
                      Human(p.bytes_done).c_str(), Human(p.bytes_total).c_str(), Human(rate).c_str(),
-                     Eta(p.bytes_done, p.bytes_total, rate).c_str());
+                     p.totals_final ? Eta(p.bytes_done, p.bytes_total, rate).c_str() : "? (still listing)");
       }
     };
-    // No callback when nothing would be shown: the archiver then skips the progress scan.
+    // No callback when nothing would be shown.
     auto s = Must(Backup(*repo, o, json_out || tty ? std::function<void(const BackupProgress&)>(progress) : nullptr));
     if (tty && !json_out) std::fprintf(stderr, "\r\033[K");
     json j = s.ToJson();

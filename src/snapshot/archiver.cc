@@ -85,95 +85,6 @@ bool IsExcluded(const std::vector<std::string>& globs, const std::string& path, 
   return false;
 }
 
-// Lists and stats every entry under `roots` with `threads` threads, breadth-first, until done or
-// destroyed (which stops and joins). Counts regular files and their bytes: a backup without a
-// parent snapshot runs one beside itself for the totals of its progress line. (Starting one while
-// the repository opens, to warm the inode cache, was measured slower: docs/decisions/0005.)
-class TreeScan {
- public:
-  TreeScan(std::vector<std::string> roots, int threads, std::vector<std::string> excludes);
-  ~TreeScan();
-  TreeScan(const TreeScan&) = delete;
-  TreeScan& operator=(const TreeScan&) = delete;
-  uint64_t files() const { return files_.load(); }
-  uint64_t bytes() const { return bytes_.load(); }
-
- private:
-  void Work();
-  std::vector<std::string> excludes_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::string> dirs_;
-  size_t busy_ = 0;
-  std::atomic<bool> stop_{false};
-  std::atomic<uint64_t> files_{0}, bytes_{0};
-  std::vector<std::thread> threads_;
-};
-
-TreeScan::TreeScan(std::vector<std::string> roots, int threads, std::vector<std::string> excludes)
-    : excludes_(std::move(excludes)) {
-  for (auto& r : roots) {
-    struct stat st{};
-    if (::lstat(r.c_str(), &st) != 0) continue;
-    if (S_ISDIR(st.st_mode)) {
-      dirs_.push_back(std::move(r));
-    } else if (S_ISREG(st.st_mode)) {
-      ++files_;
-      bytes_ += static_cast<uint64_t>(st.st_size);
-    }
-  }
-  for (int t = 0; t < std::max(1, threads); ++t) threads_.emplace_back([this] { Work(); });
-}
-
-TreeScan::~TreeScan() {
-  {
-    std::lock_guard l(mu_);
-    stop_ = true;
-    cv_.notify_all();
-  }
-  for (auto& t : threads_) t.join();
-}
-
-void TreeScan::Work() {
-  std::unique_lock l(mu_);
-  for (;;) {
-    cv_.wait(l, [&] { return !dirs_.empty() || busy_ == 0 || stop_; });
-    if (stop_ || (dirs_.empty() && busy_ == 0)) {
-      cv_.notify_all();
-      return;
-    }
-    std::string dir = std::move(dirs_.front());
-    dirs_.pop_front();
-    ++busy_;
-    l.unlock();
-    std::vector<std::string> subs;
-    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-    DIR* dp = dfd >= 0 ? ::fdopendir(dfd) : nullptr;
-    if (!dp && dfd >= 0) ::close(dfd);
-    while (dp && !stop_) {
-      struct dirent* e = ::readdir(dp);
-      if (!e) break;
-      std::string name = e->d_name;
-      if (name == "." || name == "..") continue;
-      std::string child = dir + "/" + name;
-      if (IsExcluded(excludes_, child, name)) continue;
-      struct stat st{};
-      if (::fstatat(::dirfd(dp), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
-      if (S_ISDIR(st.st_mode)) {
-        subs.push_back(std::move(child));
-      } else if (S_ISREG(st.st_mode)) {
-        ++files_;
-        bytes_ += static_cast<uint64_t>(st.st_size);
-      }
-    }
-    if (dp) ::closedir(dp);
-    l.lock();
-    --busy_;
-    for (auto& d : subs) dirs_.push_back(std::move(d));
-    cv_.notify_all();
-  }
-}
-
 class Run {
  public:
   Run(Repository& repo, const BackupOptions& opts, const std::function<void(const BackupProgress&)>& cb)
@@ -226,20 +137,28 @@ class Run {
   // (VMs), a buffered read costs a kernel copy into freshly faulted page-cache pages that was a
   // third of the first backup's CPU. A file whose first page is cached (a checkpoint just written)
   // is read through the cache, which is faster than the disk. See docs/repository-format.md.
-  Result<std::vector<Id>> ReadFile(const std::string& path, uint64_t* size_read) {
+  //
+  // `stat_size` is the size the walk saw. A small file (most of a virtualenv) then costs open,
+  // one read and close: no fstat and fadvise, and a short read that reaches that size is taken
+  // as the end of the file (a file that grew since is read on until a read returns nothing).
+  Result<std::vector<Id>> ReadFile(const std::string& path, uint64_t* size_read, uint64_t stat_size = UINT64_MAX) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOATIME);
     if (fd < 0 && errno == EPERM) fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return Err(Status::IOError("cannot open " + path + ": " + std::strerror(errno)));
-    bool direct = opts_.direct_io && UseDirectRead(fd);
+    constexpr uint64_t kSmall = 1 << 20;
+    bool direct = opts_.direct_io && stat_size >= kSmall && UseDirectRead(fd);
     if (direct) ++files_read_direct_;
-    if (!direct) posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    if (!direct && stat_size >= kSmall) posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     const size_t max = chunker_.params().max_size;
     // One raw buffer per reader thread, allocated once, page-aligned (O_DIRECT) and never
-    // zero-filled: small files must not pay for clearing megabytes they do not use. (The chunker
-    // needs `max` bytes ahead, so almost `max` bytes move to the front each time the buffer runs
-    // out. A 4 * max buffer moved a third as much but gained nothing measurable in the 7 GB first
-    // backup, for 150 MB more peak RSS.)
-    const size_t cap = 2 * max + kDirectAlign;
+    // zero-filled: small files must not pay for clearing megabytes they do not use. Chunks go to
+    // the workers as views into it (no copy, no fresh pages to fault in per chunk), so the bytes
+    // of chunks in flight are never moved or overwritten: before the unconsumed tail moves to the
+    // front (the chunker needs `max` bytes ahead), the file's chunks in flight are waited for.
+    // At 4 x max the tail moves once per ~3 x max bytes read, and the buffer also holds what the
+    // chunk copies in flight used to (worst case the same: docs/repository-format.md, "Memory
+    // bounds").
+    const size_t cap = 4 * max + kDirectAlign;
     struct Free {
       void operator()(char* p) const { std::free(p); }
     };
@@ -273,14 +192,17 @@ class Run {
       while (!eof && end - start < max) {
         if (start > 0 && end + max > cap - kDirectAlign) {
           // Keep the unconsumed bytes but end them on an aligned address, so the next read (a
-          // multiple of the alignment, at an aligned file offset) stays valid for O_DIRECT.
+          // multiple of the alignment, at an aligned file offset) stays valid for O_DIRECT. The
+          // chunks in flight are views of the bytes this overwrites: they finish first.
+          while (!inflight.empty()) drain_one();
+          if (!err.ok()) break;
           size_t keep = end - start;
           size_t dst = direct ? (kDirectAlign - keep % kDirectAlign) % kDirectAlign : 0;
           std::memmove(buf + dst, buf + start, keep);
           start = dst;
           end = dst + keep;
         }
-        size_t want = cap - end;
+        size_t want = std::min(cap - end, max);  // reads of up to max: chunks start sooner
         if (direct) want -= want % kDirectAlign;
         ssize_t n = ::read(fd, buf + end, want);
         if (n < 0) {
@@ -301,6 +223,7 @@ class Run {
         progress_bytes_ += static_cast<uint64_t>(n);
         // A short O_DIRECT read leaves the file offset unaligned; only EOF may do that.
         if (direct && n > 0 && static_cast<size_t>(n) % kDirectAlign != 0) eof = true;
+        if (n > 0 && static_cast<size_t>(n) < want && *size_read >= stat_size) eof = true;
       }
       if (!err.ok()) break;
       size_t avail = end - start;
@@ -318,10 +241,9 @@ class Run {
         start += cut;
         break;
       }
-      std::string chunk(buf + start, cut);
+      std::string_view chunk(buf + start, cut);  // stays valid until drained (see above)
       start += cut;
-      auto task = std::make_shared<std::packaged_task<Result<Id>()>>(
-          [this, c = std::move(chunk)] { return StoreChunk(c); });
+      auto task = std::make_shared<std::packaged_task<Result<Id>()>>([this, chunk] { return StoreChunk(chunk); });
       inflight.push_back(task->get_future());
       workers_->Submit([task] { (*task)(); });
       // Bound the chunks a file keeps in flight (memory) while keeping every worker busy.
@@ -402,6 +324,10 @@ class Run {
   // its new and changed files, and queues the walks of its subdirectories on the walkers. It never
   // waits for anything, so walkers cannot deadlock; Build, on the calling thread, waits.
   std::unique_ptr<DirPlan> Walk(const std::string& path, const std::string& where, const std::optional<Id>& parent_tree) {
+    struct Done {  // the walk of this directory has queued everything below it
+      std::atomic<int64_t>& pending;
+      ~Done() { --pending; }
+    } done{walks_pending_};
     auto plan = std::make_unique<DirPlan>();
     plan->path = path;
     plan->where = where;
@@ -459,6 +385,10 @@ class Run {
       }
       Node n = NodeFromStat(name, st);
       if (n.type.empty()) continue;  // sockets, fifos, devices are not backed up
+      if (n.type == "file") {
+        ++walk_files_;
+        walk_bytes_ += n.size;
+      }
       if (n.type == "symlink") {
         std::string target(4096, '\0');
         ssize_t len = ::readlinkat(fd, name.c_str(), target.data(), target.size());
@@ -479,6 +409,7 @@ class Run {
         auto task = std::make_shared<std::packaged_task<std::unique_ptr<DirPlan>()>>(
             [this, child, sub_where = where + "/" + name, sub_parent] { return Walk(child, sub_where, sub_parent); });
         plan->subdirs.emplace_back(idx, task->get_future());
+        ++walks_pending_;
         walkers_->Submit([task] { (*task)(); });
       } else {
         if (!opts_.no_parent && Unchanged(n, parent)) {
@@ -496,7 +427,7 @@ class Run {
         plan->nodes.push_back(std::move(n));
         auto read = std::make_shared<uint64_t>(0);
         auto task = std::make_shared<std::packaged_task<Result<std::vector<Id>>()>>(
-            [this, child, read] { return ReadFile(child, read.get()); });
+            [this, child, read, size = plan->nodes.back().size] { return ReadFile(child, read.get(), size); });
         plan->files.push_back({plan->nodes.size() - 1, task->get_future(), read});
         readers_->Submit([task] { (*task)(); });
       }
@@ -553,10 +484,6 @@ class Run {
     return id;
   }
 
-  Result<Id> SaveDir(const std::string& path, const std::string& where, const std::optional<Id>& parent_tree) {
-    auto plan = Walk(path, where, parent_tree);
-    return Build(*plan);
-  }
 
   void Warn(const std::string& w) {
     std::lock_guard l(warn_mu_);
@@ -575,6 +502,7 @@ class Run {
     p.files_total = TotalFiles();
     p.bytes_total = TotalBytes();
     p.bytes_done = progress_bytes_.load();
+    p.totals_final = WalkDone();
     p.elapsed_s = std::chrono::duration<double>(now - start_).count();
     p.current = current;
     cb_(p);
@@ -626,32 +554,48 @@ class Run {
         }
       }
     }
-    // Totals for the progress line come from the parent's summary or else from the scan.
+    // The progress totals are what the walk has found so far (it runs far ahead of the reads, and
+    // is complete once every directory is listed); until then, at least the parent's totals.
     if (cb_ && parent) {
       const auto& ps = parent->second.summary;
       auto num = [&](const char* k) { return ps.contains(k) && ps[k].is_number_unsigned() ? ps[k].get<uint64_t>() : 0; };
       parent_files_ = num("files_new") + num("files_changed") + num("files_unchanged");
       parent_bytes_ = num("bytes_total");
     }
-    // Without a parent, the totals for the progress line come from a scan beside the backup.
-    if (cb_ && parent_files_ == 0) scan_ = std::make_unique<TreeScan>(abs, 8, opts_.excludes);
     ParentDir parent_root;
     if (parent) {
       repo_.PrefetchTrees(parent->second.tree, 16);  // the walk reads the parent's trees one per directory
       parent_root = LoadParentTree(parent->second.tree, "");
       summary_.parent = parent->first;
     }
+    // Every root's walk is queued before any tree is built, so the readers and the totals see the
+    // files of all roots from the start.
     std::vector<Node> root;
-    for (const auto& a : abs) {
+    std::vector<std::unique_ptr<DirPlan>> plans(abs.size());
+    ++walks_pending_;  // until every root is queued
+    for (size_t i = 0; i < abs.size(); ++i) {
       struct stat st{};
-      lstat(a.c_str(), &st);
-      std::string name = fs::path(a).filename().string();
+      lstat(abs[i].c_str(), &st);
+      std::string name = fs::path(abs[i]).filename().string();
       if (name.empty()) name = "root";
-      Node n = NodeFromStat(name, st);
-      if (n.type == "dir") {
+      root.push_back(NodeFromStat(name, st));
+      if (root.back().type == "file") {
+        ++walk_files_;
+        walk_bytes_ += root.back().size;
+      } else if (root.back().type == "dir") {
         std::optional<Id> sub_parent;
         if (const Node* p = parent_root.Find(name); p && p->type == "dir") sub_parent = p->subtree;
-        auto sub = SaveDir(a, name, sub_parent);
+        ++walks_pending_;
+        plans[i] = Walk(abs[i], name, sub_parent);
+      }
+    }
+    --walks_pending_;
+    for (size_t i = 0; i < abs.size(); ++i) {
+      const std::string& a = abs[i];
+      Node& n = root[i];
+      if (n.type == "dir") {
+        auto sub = Build(*plans[i]);
+        plans[i].reset();
         if (!sub) return Err(sub.error());
         n.subtree = *sub;
         ++summary_.dirs;
@@ -659,6 +603,7 @@ class Run {
         uint64_t read = 0;
         auto content = ReadFile(a, &read);
         if (!content) return Err(content.error());
+        ++files_done_;
         n.content = *content;
         n.size = read;
         summary_.bytes_total += read;
@@ -672,7 +617,6 @@ class Run {
       } else {
         return Err(Status::InvalidArgument("cannot back up " + a + ": not a file, directory or symlink"));
       }
-      root.push_back(std::move(n));
     }
     std::string blob = EncodeTree(std::move(root));
     Id root_id = repo_.BlobId(blob);
@@ -706,6 +650,7 @@ class Run {
       p.files_total = std::max<uint64_t>(TotalFiles(), p.files_done);
       p.bytes_total = std::max<uint64_t>(TotalBytes(), progress_bytes_.load());
       p.bytes_done = progress_bytes_.load();
+      p.totals_final = true;
       p.elapsed_s = summary_.duration_s;
       cb_(p);
     }
@@ -725,10 +670,12 @@ class Run {
   std::atomic<uint64_t> files_done_{0};
   std::unique_ptr<ThreadPool> walkers_;
   std::atomic<bool> abort_walk_{false};
-  uint64_t TotalFiles() const { return scan_ ? scan_->files() : parent_files_; }
-  uint64_t TotalBytes() const { return scan_ ? scan_->bytes() : parent_bytes_; }
+  bool WalkDone() const { return walks_pending_.load() == 0; }
+  uint64_t TotalFiles() const { return WalkDone() ? walk_files_.load() : std::max(walk_files_.load(), parent_files_); }
+  uint64_t TotalBytes() const { return WalkDone() ? walk_bytes_.load() : std::max(walk_bytes_.load(), parent_bytes_); }
   uint64_t parent_files_ = 0, parent_bytes_ = 0;  // totals from the parent's summary
-  std::unique_ptr<TreeScan> scan_;                 // else from a scan beside the backup
+  std::atomic<uint64_t> walk_files_{0}, walk_bytes_{0};  // regular files the walk has found
+  std::atomic<int64_t> walks_pending_{0};               // directory walks queued or running
   std::atomic<uint64_t> files_read_direct_{0};
   std::atomic<uint64_t> progress_bytes_{0}, bytes_added_{0}, blobs_new_{0};
   BackupSummary summary_;

@@ -33,7 +33,8 @@ struct BackupOptions {
 
 struct BackupProgress {
   uint64_t files_done = 0, files_total = 0;
-  uint64_t bytes_done = 0, bytes_total = 0;
+  uint64_t bytes_done = 0, bytes_total = 0;  // totals: what the walk has found so far
+  bool totals_final = false;                  // the walk is complete: the totals are exact
   double elapsed_s = 0;
   std::string current;
 };

@@ -118,7 +118,7 @@ std::string Rfc3339(int64_t t) {
 }
 
 struct Repository::PendingPack {
-  std::string data;
+  PackBuffer data;
   std::vector<std::pair<Id, BlobLocation>> entries;
 };
 
@@ -519,7 +519,7 @@ Status Repository::SealAndQueueLocked(std::unique_lock<std::mutex>& lock, std::s
 }
 
 Status Repository::WritePack(const Id& id, const PendingPack& p) {
-  Status st = backend_->Save({FileType::kPack, IdHex(id)}, p.data);
+  Status st = backend_->Save({FileType::kPack, IdHex(id)}, std::string_view(p.data));
   return st.ok() ? st : st.Annotate("uploading pack " + IdHex(id));
 }
 

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -34,6 +35,27 @@
 #include "snapshot/crypto.h"
 
 namespace dumont::snapshot {
+
+// Page-aligned heap memory for pack buffers: the local backend writes such a buffer with O_DIRECT
+// as it is, without copying it through an aligned bounce buffer.
+template <class T>
+struct PageAllocator {
+  using value_type = T;
+  static constexpr size_t kPage = 4096;
+  PageAllocator() = default;
+  template <class U>
+  PageAllocator(const PageAllocator<U>&) {}
+  T* allocate(size_t n) {
+    size_t bytes = (n * sizeof(T) + kPage - 1) / kPage * kPage;
+    void* p = std::aligned_alloc(kPage, bytes);
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { std::free(p); }
+  template <class U>
+  bool operator==(const PageAllocator<U>&) const { return true; }
+};
+using PackBuffer = std::basic_string<char, std::char_traits<char>, PageAllocator<char>>;
 
 // 2: blobs are sealed with their index entry as GCM associated data (BlobAad). 1 is still read
 // and written (its blobs have no associated data).
@@ -218,7 +240,7 @@ class Repository {
   // buffer per pack was either page faults (mmap) or, allocated by many threads, memory that each
   // thread's malloc arena kept.
   static constexpr size_t kSparePacks = 4;
-  std::vector<std::string> spare_packs_;
+  std::vector<PackBuffer> spare_packs_;
   int uploads_in_flight_ = 0;
   Status upload_error_;  // sticky
   std::vector<std::pair<Id, std::vector<std::pair<Id, BlobLocation>>>> unindexed_;  // uploaded packs

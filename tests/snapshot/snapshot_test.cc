@@ -504,6 +504,42 @@ TEST_F(RepoTest, IncrementalBackupReadsOnlyChangedFiles) {
   EXPECT_EQ(IdHex(*snaps->back().second.parent), IdHex(snaps->at(1).first));
 }
 
+// The progress totals come from the walk: they never fall below what is done, they are exact
+// once the walk is complete (and in the last report), and they cover every root, a lone file too.
+TEST_F(RepoTest, ProgressTotalsComeFromTheWalkAndEndExact) {
+  auto repo = OpenRepo();
+  std::string other = dir_ / "other";
+  WriteFile(other + "/a.txt", "a\n");
+  WriteFile(other + "/sub/b.txt", "bb\n");
+  std::string lone = dir_ / "lone.bin";
+  WriteFile(lone, RandomData(100000, 3));
+  uint64_t want_files = 0, want_bytes = 0;
+  for (const auto& root : {src_, other}) {
+    for (auto& e : fs::recursive_directory_iterator(root)) {
+      if (fs::is_regular_file(e.symlink_status())) ++want_files, want_bytes += e.file_size();
+    }
+  }
+  ++want_files, want_bytes += 100000;
+  BackupOptions o;
+  o.paths = {src_, other, lone};
+  std::vector<BackupProgress> seen;
+  auto s = Backup(*repo, o, [&](const BackupProgress& p) { seen.push_back(p); });
+  ASSERT_TRUE(s) << s.error().ToString();
+  ASSERT_FALSE(seen.empty());
+  for (const auto& p : seen) {
+    EXPECT_LE(p.files_done, p.files_total);
+    EXPECT_LE(p.files_total, want_files);
+    if (p.totals_final) {
+      EXPECT_EQ(p.files_total, want_files);
+      EXPECT_EQ(p.bytes_total, want_bytes);
+    }
+  }
+  EXPECT_TRUE(seen.back().totals_final);
+  EXPECT_EQ(seen.back().files_done, want_files);
+  EXPECT_EQ(s->files_new, want_files);
+  EXPECT_EQ(s->bytes_total, want_bytes);
+}
+
 // An unchanged directory keeps its parent's tree id (nothing re-encoded); any change - a new
 // entry, a removed one, new metadata - gives a new tree up to the root and nothing else.
 TEST_F(RepoTest, UnchangedDirectoriesKeepTheirParentTreesAndChangesDoNot) {
