@@ -38,6 +38,10 @@ std::string_view FileTypeName(FileType t);  // "config", "keys", "data", "index"
 struct Handle {
   FileType type;
   std::string name;  // hex id; ignored for kConfig
+  // Save only: the caller vouches that `name` is the hex SHA-256 of the bytes saved (packs, index,
+  // snapshot and key files are named so). The S3 backend then sends it as the SigV4 payload hash
+  // instead of hashing the body again, and the server refuses the upload if it does not match.
+  bool name_is_sha256 = false;
 };
 
 struct FileInfo {

@@ -144,7 +144,7 @@ Result<std::string> Repository::SaveJsonFile(FileType t, const json& j) {
   plain += body;
   std::string sealed = Seal(key_, plain);
   std::string name = IdHex(Sha256(sealed));
-  DUMONT_RETURN_IF_ERROR(backend_->Save({t, name}, sealed));
+  DUMONT_RETURN_IF_ERROR(backend_->Save({t, name, true}, sealed));
   return name;
 }
 
@@ -204,7 +204,7 @@ Result<std::unique_ptr<Repository>> Repository::Init(std::unique_ptr<Backend> ba
   auto kf = MakeKeyFile(r->key_, password, opts.fast_kdf);
   if (!kf) return Err(kf.error());
   std::string key_name = IdHex(Sha256(*kf));
-  DUMONT_RETURN_IF_ERROR(r->backend_->Save({FileType::kKey, key_name}, *kf));
+  DUMONT_RETURN_IF_ERROR(r->backend_->Save({FileType::kKey, key_name, true}, *kf));
   r->key_name_ = key_name;
   r->config_.id = HexEncode(RandomBytes(16));
   r->config_.chunker = opts.chunker;
@@ -309,7 +309,7 @@ Status Repository::AddKey(std::string_view password, bool fast_kdf) {
   if (password.empty()) return Status::InvalidArgument("the new password must not be empty");
   auto kf = MakeKeyFile(key_, password, fast_kdf);
   if (!kf) return kf.error();
-  return backend_->Save({FileType::kKey, IdHex(Sha256(*kf))}, *kf);
+  return backend_->Save({FileType::kKey, IdHex(Sha256(*kf)), true}, *kf);
 }
 
 Status Repository::ChangePassword(std::string_view password, bool fast_kdf) {
@@ -318,7 +318,7 @@ Status Repository::ChangePassword(std::string_view password, bool fast_kdf) {
   if (!kf) return kf.error();
   std::string name = IdHex(Sha256(*kf));
   // The new key is durable before the old one goes: a crash in between leaves both passwords working.
-  DUMONT_RETURN_STATUS_IF_ERROR(backend_->Save({FileType::kKey, name}, *kf));
+  DUMONT_RETURN_STATUS_IF_ERROR(backend_->Save({FileType::kKey, name, true}, *kf));
   std::string old = key_name_;
   key_name_ = name;
   return backend_->Remove({FileType::kKey, old});
@@ -519,7 +519,7 @@ Status Repository::SealAndQueueLocked(std::unique_lock<std::mutex>& lock, std::s
 }
 
 Status Repository::WritePack(const Id& id, const PendingPack& p) {
-  Status st = backend_->Save({FileType::kPack, IdHex(id)}, std::string_view(p.data));
+  Status st = backend_->Save({FileType::kPack, IdHex(id), true}, std::string_view(p.data));
   return st.ok() ? st : st.Annotate("uploading pack " + IdHex(id));
 }
 

@@ -26,6 +26,7 @@
 #include "snapshot/backend.h"
 #include "snapshot/backend_retry.h"
 #include "snapshot/backend_s3.h"
+#include "snapshot/crypto.h"
 #include "snapshot/rgw_env.h"
 
 namespace dumont::snapshot {
@@ -469,6 +470,29 @@ TEST_F(RgwTest, SaveLoadRangesStatRemove) {
   EXPECT_EQ(gone.error().code(), Code::kNotFound);
   EXPECT_FALSE(gone.error().retryable());
   EXPECT_NE(gone.error().message().find(ObjectPath(h)), std::string::npos) << gone.error().message();
+}
+
+// A content-named object (a pack, index, snapshot or key file) sends its name as the SigV4 payload
+// hash instead of hashing the body again. The server checks it: a name that is not the SHA-256 of
+// the bytes is refused and nothing is stored under it.
+TEST_F(RgwTest, ContentNamedSavesSendTheirNameAsThePayloadHash) {
+  std::string data = RandomData(300000, 5);
+  Handle good{FileType::kPack, IdHex(Sha256(data)), true};
+  ASSERT_TRUE(backend_->Save(good, data).ok());
+  auto back = backend_->Load(good);
+  ASSERT_TRUE(back) << back.error().ToString();
+  EXPECT_TRUE(*back == data);
+
+  Handle wrong{FileType::kPack, IdHex(Sha256("something else")), true};
+  Status st = backend_->Save(wrong, data);
+  ASSERT_FALSE(st.ok()) << "a pack whose name is not its hash was stored";
+  EXPECT_NE(st.message().find(wrong.name.substr(0, 16)), std::string::npos) << st.message();
+  auto gone = backend_->Stat(wrong);
+  ASSERT_FALSE(gone);
+  EXPECT_EQ(gone.error().code(), Code::kNotFound);
+  // Without the flag, any name goes (the backend contract): the body is hashed as before.
+  ASSERT_TRUE(backend_->Save(Handle{FileType::kPack, wrong.name}, data).ok());
+  EXPECT_TRUE(*backend_->Load(wrong) == data);
 }
 
 TEST_F(RgwTest, MissingObjectsAreNotFound) {

@@ -140,7 +140,9 @@ TEST(Chunker, CutsExactlyWhereTheByteAtATimeGearHashDoes) {
           size_t want = reference(p, seed, d + pos, n);
           ASSERT_EQ(c.Cut(d + pos, n), want) << "at " << pos << " of " << in.size() << ", min " << p.min_size;
           // Inputs that end early (at EOF) cut where the reference does too.
-          if (n > p.min_size + 5) ASSERT_EQ(c.Cut(d + pos, n - 3), reference(p, seed, d + pos, n - 3));
+          if (n > p.min_size + 5) {
+            ASSERT_EQ(c.Cut(d + pos, n - 3), reference(p, seed, d + pos, n - 3));
+          }
           pos += want;
         }
         EXPECT_GT(cuts, 0u);
