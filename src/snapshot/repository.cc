@@ -9,6 +9,7 @@
 #include <thread>
 #include <cerrno>
 #include <chrono>
+#include <charconv>
 #include <cstring>
 #include <ctime>
 
@@ -38,9 +39,47 @@ int64_t NowUnix() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-json EntryJson(const Id& id, const BlobLocation& l) {
-  return {{"id", IdHex(id)}, {"t", static_cast<int>(l.type)}, {"o", l.offset}, {"l", l.length},
-          {"u", l.raw_length}, {"c", static_cast<int>(l.compression)}};
+// One index or pack header entry, {"c":..,"id":"..","l":..,"o":..,"t":..,"u":..}: the same bytes
+// as nlohmann's dump of that object (keys sorted), written directly. A 7 GB backup writes ~80k of
+// them twice (pack headers, index); building them as json values was ~2 % of its CPU, part of it
+// under the repository lock.
+void AppendEntry(std::string& out, const Id& id, const BlobLocation& l) {
+  auto num = [&](uint64_t v) {
+    char b[24];
+    out.append(b, std::to_chars(b, b + sizeof b, v).ptr);
+  };
+  out += "{\"c\":";
+  num(static_cast<uint64_t>(l.compression));
+  out += ",\"id\":\"";
+  out += IdHex(id);
+  out += "\",\"l\":";
+  num(l.length);
+  out += ",\"o\":";
+  num(l.offset);
+  out += ",\"t\":";
+  num(static_cast<uint64_t>(l.type));
+  out += ",\"u\":";
+  num(l.raw_length);
+  out += '}';
+}
+
+// An index file's JSON, {"packs":[{"blobs":[entry,...],"id":"<pack>"},...]}, written directly.
+template <typename Packs>
+std::string IndexText(const Packs& packs) {
+  std::string out = "{\"packs\":[";
+  bool first_pack = true;
+  for (const auto& [pack, blobs] : packs) {
+    if (!first_pack) out += ',';
+    first_pack = false;
+    out += "{\"blobs\":[";
+    for (size_t i = 0; i < blobs.size(); ++i) {
+      if (i) out += ',';
+      AppendEntry(out, blobs[i].first, blobs[i].second);
+    }
+    out += "],\"id\":\"" + IdHex(pack) + "\"}";
+  }
+  out += "]}";
+  return out;
 }
 
 bool ParseEntry(const json& e, Id* id, BlobLocation* l) {
@@ -133,7 +172,10 @@ Repository::~Repository() { uploaders_->Stop(); }
 Result<std::string> Repository::SaveJsonFile(FileType t, const json& j) {
   // Replace, not throw: names and paths that are not UTF-8 are also kept exactly in "*_raw" fields
   // (trees, manifests); the replaced copies are for display.
-  std::string text = j.dump(-1, ' ', false, json::error_handler_t::replace);
+  return SaveJsonText(t, j.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+Result<std::string> Repository::SaveJsonText(FileType t, std::string_view text) {
   Compression used;
   std::string body = Compress(text, CompressionMode::kZstd, &used);
   std::string plain;
@@ -397,13 +439,7 @@ void Repository::ForgetPack(const Id& pack) {
 
 Status Repository::RewriteIndex(const std::map<Id, std::vector<std::pair<Id, BlobLocation>>>& keep,
                                 const std::vector<std::string>* remove) {
-  json packs = json::array();
-  for (const auto& [pack, blobs] : keep) {
-    json arr = json::array();
-    for (const auto& [id, l] : blobs) arr.push_back(EntryJson(id, l));
-    packs.push_back({{"id", IdHex(pack)}, {"blobs", arr}});
-  }
-  auto name = SaveJsonFile(FileType::kIndex, {{"packs", packs}});
+  auto name = SaveJsonText(FileType::kIndex, IndexText(keep));
   if (!name) return name.error();
   std::vector<std::string> old;
   if (remove) {
@@ -477,9 +513,13 @@ Status Repository::SealAndQueueLocked(std::unique_lock<std::mutex>& lock, std::s
   auto pack = std::move(open);
   open.reset();
   if (!pack) return Status::Ok();
-  json header = json::array();
-  for (const auto& [id, l] : pack->entries) header.push_back(EntryJson(id, l));
-  std::string sealed_header = Seal(key_, header.dump());
+  std::string header = "[";
+  for (size_t i = 0; i < pack->entries.size(); ++i) {
+    if (i) header += ',';
+    AppendEntry(header, pack->entries[i].first, pack->entries[i].second);
+  }
+  header += ']';
+  std::string sealed_header = Seal(key_, header);
   uint32_t hlen = static_cast<uint32_t>(sealed_header.size());
   pack->data += sealed_header;
   pack->data.append(reinterpret_cast<const char*>(&hlen), 4);
@@ -528,13 +568,7 @@ Status Repository::WriteIndexLocked(std::unique_lock<std::mutex>& lock) {
   auto batch = std::move(unindexed_);
   unindexed_.clear();
   lock.unlock();
-  json packs = json::array();
-  for (const auto& [pack, blobs] : batch) {
-    json arr = json::array();
-    for (const auto& [id, l] : blobs) arr.push_back(EntryJson(id, l));
-    packs.push_back({{"id", IdHex(pack)}, {"blobs", arr}});
-  }
-  auto name = SaveJsonFile(FileType::kIndex, {{"packs", packs}});
+  auto name = SaveJsonText(FileType::kIndex, IndexText(batch));
   lock.lock();
   if (!name) return name.error();
   index_files_.push_back(*name);

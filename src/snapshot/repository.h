@@ -217,6 +217,7 @@ class Repository {
   Result<std::string> OpenBlob(const Id& id, const BlobLocation& loc, std::string_view sealed) const;
   Status WriteIndexLocked(std::unique_lock<std::mutex>& lock);
   Result<std::string> SaveJsonFile(FileType t, const nlohmann::json& j);
+  Result<std::string> SaveJsonText(FileType t, std::string_view text);  // text: valid JSON
   Result<std::string> LoadJsonText(const Handle& h);  // verified, unsealed, decompressed
   Result<nlohmann::json> LoadJsonFile(const Handle& h);
 

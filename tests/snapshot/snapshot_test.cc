@@ -1161,16 +1161,16 @@ TEST(RepoFormat, ABlobUnderAnotherIdsIndexEntryIsRefusedInBothVersions) {
     auto repo = Repository::Init(NewLocalBackend(dir / "repo"), "pw", o);
     ASSERT_TRUE(repo) << repo.error().ToString();
     EXPECT_EQ((*repo)->config().version, version);
-    WriteFile(dir / "ws/a.bin", RandomData(20000, 1));  // one chunk each, stored raw: same length
-    WriteFile(dir / "ws/b.bin", RandomData(20000, 2));
+    WriteFile(dir / "ws/a.bin", RandomData(16000, 1));  // under the min chunk: one chunk each, stored raw,
+    WriteFile(dir / "ws/b.bin", RandomData(16000, 2));  // the same length (20000 bytes could cut in two)
     BackupOptions bo;
     bo.paths = {dir / "ws"};
     ASSERT_TRUE(Backup(**repo, bo));
     {  // intact, both versions round-trip (version 1: no associated data, ids recomputed)
       auto r = RestoreLatest(**repo, dir / "good");
       ASSERT_TRUE(r) << r.error().ToString();
-      EXPECT_EQ(ReadFile(dir / "good/ws/a.bin"), RandomData(20000, 1));
-      EXPECT_EQ(ReadFile(dir / "good/ws/b.bin"), RandomData(20000, 2));
+      EXPECT_EQ(ReadFile(dir / "good/ws/a.bin"), RandomData(16000, 1));
+      EXPECT_EQ(ReadFile(dir / "good/ws/b.bin"), RandomData(16000, 2));
       auto c = Check(**repo, true);
       ASSERT_TRUE(c);
       EXPECT_TRUE(c->errors.empty());
