@@ -12,7 +12,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <condition_variable>
 #include <deque>
 #include <filesystem>
 #include <future>
@@ -483,7 +482,6 @@ class Run {
     if (!saved) return Err(saved.error());
     return id;
   }
-
 
   void Warn(const std::string& w) {
     std::lock_guard l(warn_mu_);
