@@ -20,7 +20,10 @@ $D --json snapshot -r "$R" init | jq -e .initialized >/dev/null || fail "init"
 $D snapshot -r "$R" init >/dev/null 2>&1 && fail "second init must fail"
 OUT=$($D --json snapshot -r "$R" backup "$SRC" --tag first)
 echo "$OUT" | tail -1 | jq -e '.message_type == "summary" and .files_new == 202' >/dev/null || fail "backup summary: $(echo "$OUT" | tail -1)"
-pass "init + backup with a JSON summary"
+# Status lines: the last one has exact totals (the walk is complete) and everything done.
+echo "$OUT" | jq -s -e '[.[] | select(.message_type == "status")] | length > 0 and (last | .totals_final == true and .files_total == 202 and .files_done == 202 and .bytes_done == .bytes_total)' >/dev/null \
+  || fail "backup status lines: $(echo "$OUT" | grep status | tail -1)"
+pass "init + backup with JSON status lines and a summary"
 
 echo "changed" >> "$SRC/data/train.csv"
 $D --json snapshot -r "$R" backup "$SRC" | tail -1 | jq -e '.files_changed == 1 and .files_unchanged == 201 and .bytes_read < 3000000' >/dev/null \
