@@ -189,6 +189,10 @@ class LocalProvider final : public Provider {
     env_strings.push_back("DUMONT_AGENT_STATE_DIR=" + dir + "/agent");
     env_strings.push_back("DUMONT_AGENT_VIRTUAL_GPU=" + dir + "/virtual-gpu.json");
     std::string log = dir + "/agent.log";
+    // A restart must not report the previous agent's pid (dead) until the new one writes its own:
+    // the wait below is for a pid file that is there again.
+    std::error_code ec;
+    fs::remove(dir + "/agent.pid", ec);
     pid_t pid = ::fork();
     if (pid < 0) return Status::Unavailable(std::string("fork failed: ") + std::strerror(errno));
     if (pid == 0) {
