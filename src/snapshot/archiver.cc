@@ -41,10 +41,15 @@ namespace {
 constexpr size_t kDirectAlign = 4096;
 
 // Whether to read this file with O_DIRECT: at least 4 MiB, and its first page not in the page
-// cache. Turns O_DIRECT on for fd.
-bool UseDirectRead(int fd) {
-  struct stat st{};
-  if (::fstat(fd, &st) != 0 || st.st_size < (4 << 20)) return false;
+// cache. Turns O_DIRECT on for fd. `size` is the file's size when the caller knows it (the walk's
+// stat), else UINT64_MAX.
+bool UseDirectRead(int fd, uint64_t size) {
+  if (size == UINT64_MAX) {
+    struct stat st{};
+    if (::fstat(fd, &st) != 0) return false;
+    size = static_cast<uint64_t>(st.st_size);
+  }
+  if (size < (4 << 20)) return false;
   // mincore() on a one-page mapping tells without reading (a probing read would start readahead).
   void* map = ::mmap(nullptr, kDirectAlign, PROT_READ, MAP_SHARED, fd, 0);
   if (map == MAP_FAILED) return false;
@@ -138,16 +143,16 @@ class Run {
   // is read through the cache, which is faster than the disk. See docs/repository-format.md.
   //
   // `stat_size` is the size the walk saw. A small file (most of a virtualenv) then costs open,
-  // one read and close: no fstat and fadvise, and a short read that reaches that size is taken
-  // as the end of the file (a file that grew since is read on until a read returns nothing).
+  // one read and close: no fstat, no fadvise below 1 MiB, and a short read that reaches that size
+  // is taken as the end of the file (a file that grew since is read on until a read returns
+  // nothing).
   Result<std::vector<Id>> ReadFile(const std::string& path, uint64_t* size_read, uint64_t stat_size = UINT64_MAX) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOATIME);
     if (fd < 0 && errno == EPERM) fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return Err(Status::IOError("cannot open " + path + ": " + std::strerror(errno)));
-    constexpr uint64_t kSmall = 1 << 20;
-    bool direct = opts_.direct_io && stat_size >= kSmall && UseDirectRead(fd);
+    bool direct = opts_.direct_io && UseDirectRead(fd, stat_size);
     if (direct) ++files_read_direct_;
-    if (!direct && stat_size >= kSmall) posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    if (!direct && stat_size >= (1 << 20)) posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     const size_t max = chunker_.params().max_size;
     // One raw buffer per reader thread, allocated once, page-aligned (O_DIRECT) and never
     // zero-filled: small files must not pay for clearing megabytes they do not use. Chunks go to
@@ -384,10 +389,7 @@ class Run {
       }
       Node n = NodeFromStat(name, st);
       if (n.type.empty()) continue;  // sockets, fifos, devices are not backed up
-      if (n.type == "file") {
-        ++walk_files_;
-        walk_bytes_ += n.size;
-      }
+      CountFound(n);
       if (n.type == "symlink") {
         std::string target(4096, '\0');
         ssize_t len = ::readlinkat(fd, name.c_str(), target.data(), target.size());
@@ -577,10 +579,8 @@ class Run {
       std::string name = fs::path(abs[i]).filename().string();
       if (name.empty()) name = "root";
       root.push_back(NodeFromStat(name, st));
-      if (root.back().type == "file") {
-        ++walk_files_;
-        walk_bytes_ += root.back().size;
-      } else if (root.back().type == "dir") {
+      CountFound(root.back());
+      if (root.back().type == "dir") {
         std::optional<Id> sub_parent;
         if (const Node* p = parent_root.Find(name); p && p->type == "dir") sub_parent = p->subtree;
         ++walks_pending_;
@@ -668,6 +668,11 @@ class Run {
   std::atomic<uint64_t> files_done_{0};
   std::unique_ptr<ThreadPool> walkers_;
   std::atomic<bool> abort_walk_{false};
+  void CountFound(const Node& n) {  // a regular file for the progress totals
+    if (n.type != "file") return;
+    ++walk_files_;
+    walk_bytes_ += n.size;
+  }
   bool WalkDone() const { return walks_pending_.load() == 0; }
   uint64_t TotalFiles() const { return WalkDone() ? walk_files_.load() : std::max(walk_files_.load(), parent_files_); }
   uint64_t TotalBytes() const { return WalkDone() ? walk_bytes_.load() : std::max(walk_bytes_.load(), parent_bytes_); }

@@ -25,6 +25,7 @@ void GlobalInit() {
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
 }
 
+// Lower-case hex of 32 bytes, as SigV4 wants the payload hash (ParseId also takes upper case).
 bool IsSha256Hex(std::string_view s) {
   return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string_view::npos;
 }

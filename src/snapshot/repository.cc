@@ -63,6 +63,16 @@ void AppendEntry(std::string& out, const Id& id, const BlobLocation& l) {
   out += '}';
 }
 
+// A JSON array of entries: a pack header, or one pack's "blobs" in an index file.
+void AppendEntries(std::string& out, const std::vector<std::pair<Id, BlobLocation>>& entries) {
+  out += '[';
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (i) out += ',';
+    AppendEntry(out, entries[i].first, entries[i].second);
+  }
+  out += ']';
+}
+
 // An index file's JSON, {"packs":[{"blobs":[entry,...],"id":"<pack>"},...]}, written directly.
 template <typename Packs>
 std::string IndexText(const Packs& packs) {
@@ -71,12 +81,9 @@ std::string IndexText(const Packs& packs) {
   for (const auto& [pack, blobs] : packs) {
     if (!first_pack) out += ',';
     first_pack = false;
-    out += "{\"blobs\":[";
-    for (size_t i = 0; i < blobs.size(); ++i) {
-      if (i) out += ',';
-      AppendEntry(out, blobs[i].first, blobs[i].second);
-    }
-    out += "],\"id\":\"" + IdHex(pack) + "\"}";
+    out += "{\"blobs\":";
+    AppendEntries(out, blobs);
+    out += ",\"id\":\"" + IdHex(pack) + "\"}";
   }
   out += "]}";
   return out;
@@ -513,12 +520,8 @@ Status Repository::SealAndQueueLocked(std::unique_lock<std::mutex>& lock, std::s
   auto pack = std::move(open);
   open.reset();
   if (!pack) return Status::Ok();
-  std::string header = "[";
-  for (size_t i = 0; i < pack->entries.size(); ++i) {
-    if (i) header += ',';
-    AppendEntry(header, pack->entries[i].first, pack->entries[i].second);
-  }
-  header += ']';
+  std::string header;
+  AppendEntries(header, pack->entries);
   std::string sealed_header = Seal(key_, header);
   uint32_t hlen = static_cast<uint32_t>(sealed_header.size());
   pack->data += sealed_header;
