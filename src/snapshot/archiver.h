@@ -29,6 +29,7 @@ struct BackupOptions {
   int readers = 0;                    // 0 = clamp(4 x cores, 4, 16)
   int workers = 0;                    // 0 = cores
   bool direct_io = true;              // O_DIRECT reads of large uncached files
+  int progress_interval_ms = 200;     // at most one progress callback per interval (0: every event)
 };
 
 struct BackupProgress {

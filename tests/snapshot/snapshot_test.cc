@@ -591,6 +591,31 @@ TEST_F(RepoTest, ProgressTotalsComeFromTheWalkAndEndExact) {
   EXPECT_EQ(s->bytes_total, want_bytes);
 }
 
+// A large file reports its bytes as they are read, not only when it is done: the status line of a
+// backup dominated by multi-GB weight files stood still for seconds at a time.
+TEST_F(RepoTest, ProgressAdvancesWithinALargeFile) {
+  auto repo = OpenRepo();
+  std::string big = dir_ / "big.bin";
+  const size_t size = 48 << 20;  // several reads of at most one max chunk (8 MiB)
+  WriteFile(big, RandomData(size, 11));
+  BackupOptions o;
+  o.paths = {big};
+  o.progress_interval_ms = 0;
+  std::vector<BackupProgress> seen;
+  auto s = Backup(*repo, o, [&](const BackupProgress& p) { seen.push_back(p); });
+  ASSERT_TRUE(s) << s.error().ToString();
+  size_t partial = 0;
+  uint64_t last = 0;
+  for (const auto& p : seen) {
+    EXPECT_GE(p.bytes_done, last) << "bytes_done went backwards";
+    last = p.bytes_done;
+    if (p.files_done == 0 && p.bytes_done > 0 && p.bytes_done < size) ++partial;
+  }
+  EXPECT_GE(partial, 2u) << "no progress was reported while the one large file was read";
+  EXPECT_EQ(seen.back().bytes_done, size);
+  EXPECT_EQ(seen.back().files_done, 1u);
+}
+
 // An unchanged directory keeps its parent's tree id (nothing re-encoded); any change - a new
 // entry, a removed one, new metadata - gives a new tree up to the root and nothing else.
 TEST_F(RepoTest, UnchangedDirectoriesKeepTheirParentTreesAndChangesDoNot) {
