@@ -29,7 +29,11 @@ struct BackupOptions {
   int readers = 0;                    // 0 = clamp(4 x cores, 4, 16)
   int workers = 0;                    // 0 = cores
   bool direct_io = true;              // O_DIRECT reads of large uncached files
+  bool io_uring = true;               // small files read in batches through io_uring (when the kernel allows)
   int progress_interval_ms = 200;     // at most one progress callback per interval (0: every event)
+  // Tests: called with a file's path just before it is opened for reading (after the walk's stat),
+  // to change the file in that window.
+  std::function<void(const std::string&)> before_read;
 };
 
 struct BackupProgress {
@@ -49,6 +53,7 @@ struct BackupSummary {
   uint64_t bytes_added = 0;   // sealed bytes added to the repository
   uint64_t blobs_new = 0;
   uint64_t files_read_direct = 0;  // large files read around the page cache (O_DIRECT)
+  uint64_t files_read_batched = 0; // small files read in batches through io_uring
   double duration_s = 0;
   std::vector<std::string> warnings;  // files that could not be read (the snapshot has the rest)
   nlohmann::json ToJson() const;
