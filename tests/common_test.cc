@@ -1,4 +1,5 @@
 #include <atomic>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <thread>
@@ -6,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "common/big_alloc.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/log.h"
@@ -231,6 +233,33 @@ TEST(ThreadPool, RunsEverythingAndSurvivesThrowingTasks) {
     EXPECT_FALSE(pool.Submit([] {}));
   }
   EXPECT_EQ(n.load(), 100);
+}
+
+// Large buffers come 2 MiB-aligned (so the kernel can back them with huge pages), smaller ones
+// page-aligned (O_DIRECT); both are writable over their whole size, and a BigBuffer keeps its
+// memory and contents until it must grow.
+TEST(BigAlloc, AlignsAndKeepsContents) {
+  for (size_t n : {size_t{1}, size_t{4096}, size_t{100000}, kHugePage - 1, kHugePage, kHugePage + 1, size_t{33} << 20}) {
+    char* p = static_cast<char*>(BigAlloc(n));
+    ASSERT_NE(p, nullptr) << n;
+    size_t align = n >= kHugePage ? kHugePage : 4096;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % align, 0u) << n;
+    std::memset(p, 0xab, n);
+    EXPECT_EQ(static_cast<unsigned char>(p[n - 1]), 0xab);
+    BigFree(p, n);
+  }
+  BigBuffer b;
+  char* p = b.Get(3 << 20);
+  std::memcpy(p, "keep", 4);
+  EXPECT_EQ(b.Get(1 << 20), p) << "a smaller request must reuse the buffer";
+  EXPECT_EQ(std::memcmp(b.Get(3 << 20), "keep", 4), 0);
+  char* q = b.Get(5 << 20);
+  EXPECT_GE(b.capacity(), size_t{5} << 20);
+  std::memset(q, 1, 5 << 20);
+  std::basic_string<char, std::char_traits<char>, BigAllocator<char>> s(3 << 20, 'x');
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(s.data()) % kHugePage, 0u);
+  s += "tail";
+  EXPECT_EQ(s.substr(s.size() - 4), "tail");
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include <pwd.h>
 #include <thread>
 
+#include "common/big_alloc.h"
 #include "snapshot/tree.h"
 
 namespace dumont::snapshot {
@@ -211,22 +212,24 @@ class Run {
     return id;
   }
 
-  // One raw buffer per reader thread, allocated once, page-aligned (O_DIRECT) and never
-  // zero-filled: small files must not pay for clearing megabytes they do not use. nullptr when out
-  // of memory.
+  // One raw buffer per reader thread, allocated once, page-aligned (O_DIRECT), on huge pages
+  // (BigAlloc) and never zero-filled: small files must not pay for clearing megabytes they do not
+  // use. nullptr when out of memory.
   size_t ReaderBufferSize() const { return 4 * chunker_.params().max_size + kDirectAlign; }
   char* ReaderBuffer() {
-    struct Free {
-      void operator()(char* p) const { std::free(p); }
+    struct Buf {
+      char* p = nullptr;
+      size_t cap = 0;
+      ~Buf() { BigFree(p, cap); }
     };
-    thread_local std::unique_ptr<char, Free> tl_buf;
-    thread_local size_t tl_cap = 0;
+    thread_local Buf tl;
     size_t cap = ReaderBufferSize();
-    if (tl_cap < cap) {
-      tl_buf.reset(static_cast<char*>(std::aligned_alloc(kDirectAlign, cap)));
-      tl_cap = tl_buf ? cap : 0;
+    if (tl.cap < cap) {
+      BigFree(tl.p, tl.cap);
+      tl.p = static_cast<char*>(BigAlloc(cap));
+      tl.cap = tl.p ? cap : 0;
     }
-    return tl_buf.get();
+    return tl.p;
   }
 
   // Small files are read in batches. One at a time, each file cost a read syscall that started its

@@ -1,5 +1,7 @@
 #include "snapshot/backend.h"
 
+#include "common/big_alloc.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -184,19 +186,22 @@ class LocalBackend final : public Backend {
     size_t aligned = data.size() - data.size() % kAlign;
     int fl = ::fcntl(fd, F_GETFL);
     if (aligned >= 16 * kAlign && fl >= 0 && ::fcntl(fd, F_SETFL, fl | O_DIRECT) == 0) {
-      struct Free {
-        void operator()(char* p) const { std::free(p); }
-      };
       bool in_place = reinterpret_cast<uintptr_t>(data.data()) % kAlign == 0;
-      thread_local std::unique_ptr<char, Free> bounce;
-      if (!in_place && !bounce) bounce.reset(static_cast<char*>(std::aligned_alloc(kAlign, kBounce)));
+      thread_local BigBuffer bounce_buf;
+      char* bounce = nullptr;
+      if (!in_place) {
+        try {
+          bounce = bounce_buf.Get(kBounce);
+        } catch (const std::bad_alloc&) {
+        }
+      }
       bool direct_ok = in_place || bounce != nullptr;
       while (direct_ok && off < aligned) {
         size_t n = in_place ? aligned - off : std::min(kBounce, aligned - off);
         const char* src = data.data() + off;
         if (!in_place) {
-          std::memcpy(bounce.get(), src, n);
-          src = bounce.get();
+          std::memcpy(bounce, src, n);
+          src = bounce;
         }
         size_t done = 0;
         while (done < n) {

@@ -1,5 +1,7 @@
 #include "snapshot/compress.h"
 
+#include "common/big_alloc.h"
+
 #include <lz4.h>
 #include <zstd.h>
 
@@ -129,9 +131,8 @@ void Unshuffle(const char* in, size_t n, size_t stride, char* out) {
 }
 
 char* ThreadBuffer(size_t n) {
-  thread_local std::string buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
+  thread_local BigBuffer buf;
+  return buf.Get(n);
 }
 }  // namespace
 
@@ -169,11 +170,9 @@ std::string_view CompressView(std::string_view raw, CompressionMode mode, Compre
   if (stride == 1 && h > 7.5) return raw;
   // The output buffer is per thread and never cleared: zero-filling a compress bound per chunk
   // (a std::string resize) was ~1.4 % of a first backup's CPU.
-  thread_local std::unique_ptr<char[]> out_buf;
-  thread_local size_t out_cap = 0;
+  thread_local BigBuffer out_buf;
   size_t bound = std::max<size_t>(LZ4_compressBound(static_cast<int>(raw.size())), ZSTD_compressBound(raw.size()));
-  if (out_cap < bound) out_buf.reset(new char[bound]), out_cap = bound;
-  char* out = out_buf.get();
+  char* out = out_buf.Get(bound);
   size_t out_len = 0;
   if (mode == CompressionMode::kLz4) {
     int n = LZ4_compress_default(raw.data(), out, static_cast<int>(raw.size()), static_cast<int>(bound));

@@ -3,12 +3,14 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/sha.h>
+#include <argon2.h>
 #include <sodium.h>
 
 #include <array>
 #include <cstring>
 #include <memory>
 
+#include "common/big_alloc.h"
 #include "common/random.h"
 
 namespace dumont::snapshot {
@@ -145,19 +147,50 @@ KdfParams DefaultKdfParams(bool fast_for_tests) {
   return {crypto_pwhash_OPSLIMIT_INTERACTIVE, crypto_pwhash_MEMLIMIT_INTERACTIVE, RandomBytes(16)};
 }
 
+namespace {
+// argon2's working memory (64 MiB with the default parameters) on huge pages: on the VMs we run on
+// first touching 16k 4 KiB pages cost 0.15-0.25 s, more than the hashing, on every command that
+// opens a repository (common/big_alloc.h).
+int Argon2Alloc(uint8_t** memory, size_t bytes) {
+  *memory = static_cast<uint8_t*>(BigAlloc(bytes));
+  return *memory ? 0 : -1;
+}
+void Argon2Free(uint8_t* memory, size_t bytes) { BigFree(memory, bytes); }
+}  // namespace
+
+// Argon2id v1.3, one lane: exactly libsodium's crypto_pwhash(..., crypto_pwhash_ALG_ARGON2ID13),
+// which made the key files of existing repositories (test KdfMatchesLibsodiumsArgon2id), computed
+// with the Argon2 authors' reference library so that its memory comes from us.
 Result<std::array<uint8_t, 32>> DeriveKey(std::string_view password, const KdfParams& p) {
-  if (sodium_init() < 0) return Err(Status::Internal("libsodium failed to initialise"));
   if (p.salt.size() != crypto_pwhash_SALTBYTES) return Err(Status::Corruption("key file salt has the wrong size"));
   if (p.opslimit < crypto_pwhash_OPSLIMIT_MIN || p.opslimit > crypto_pwhash_OPSLIMIT_MAX ||
       p.memlimit < crypto_pwhash_MEMLIMIT_MIN || p.memlimit > (size_t{1} << 32)) {
     return Err(Status::Corruption("key file has out-of-range argon2id parameters"));
   }
+  if (password.size() > ARGON2_MAX_PWD_LENGTH) return Err(Status::InvalidArgument("the password is too long"));
   std::array<uint8_t, 32> out{};
-  if (crypto_pwhash(out.data(), out.size(), password.data(), password.size(),
-                    reinterpret_cast<const unsigned char*>(p.salt.data()), p.opslimit, p.memlimit,
-                    crypto_pwhash_ALG_ARGON2ID13) != 0) {
+  std::string pw(password);  // argon2 may wipe the password it is given (not with these flags)
+  argon2_context c{};
+  c.out = out.data();
+  c.outlen = static_cast<uint32_t>(out.size());
+  c.pwd = reinterpret_cast<uint8_t*>(pw.data());
+  c.pwdlen = static_cast<uint32_t>(pw.size());
+  c.salt = reinterpret_cast<uint8_t*>(const_cast<char*>(p.salt.data()));
+  c.saltlen = static_cast<uint32_t>(p.salt.size());
+  c.t_cost = static_cast<uint32_t>(p.opslimit);
+  c.m_cost = static_cast<uint32_t>(p.memlimit / 1024);
+  c.lanes = 1;
+  c.threads = 1;
+  c.version = ARGON2_VERSION_13;
+  c.allocate_cbk = Argon2Alloc;
+  c.free_cbk = Argon2Free;
+  c.flags = ARGON2_DEFAULT_FLAGS;
+  int rc = argon2_ctx(&c, Argon2_id);
+  sodium_memzero(pw.data(), pw.size());
+  if (rc == ARGON2_MEMORY_ALLOCATION_ERROR) {
     return Err(Status::ResourceExhausted("out of memory deriving the repository key", 1));
   }
+  if (rc != ARGON2_OK) return Err(Status::Internal(std::string("argon2id failed: ") + argon2_error_message(rc)));
   return out;
 }
 

@@ -485,12 +485,11 @@ Result<bool> Repository::SaveBlob(BlobType t, const Id& id, std::string_view pla
   // Compressed and sealed in per-thread buffers, then copied once, into the pack.
   Compression used;
   std::string_view body = CompressView(plaintext, compression_, &used);
-  thread_local std::unique_ptr<char[]> seal_buf;
-  thread_local size_t seal_cap = 0;
+  thread_local BigBuffer seal_buf;
   size_t sealed_len = body.size() + kSealOverhead;
-  if (seal_cap < sealed_len) seal_buf.reset(new char[sealed_len]), seal_cap = sealed_len;
-  SealTo(key_, body, BlobAad(id, used, plaintext.size()), seal_buf.get());
-  std::string_view sealed(seal_buf.get(), sealed_len);
+  char* seal_out = seal_buf.Get(sealed_len);
+  SealTo(key_, body, BlobAad(id, used, plaintext.size()), seal_out);
+  std::string_view sealed(seal_out, sealed_len);
   if (stored_bytes) *stored_bytes = sealed.size();
   std::unique_lock lock(mu_);
   // Trees and data go to separate packs: a snapshot's trees then sit together in a few packs that

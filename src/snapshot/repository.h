@@ -27,6 +27,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/big_alloc.h"
 #include "common/status.h"
 #include "common/thread_pool.h"
 #include "snapshot/backend.h"
@@ -36,25 +37,10 @@
 
 namespace dumont::snapshot {
 
-// Page-aligned heap memory for pack buffers: the local backend writes such a buffer with O_DIRECT
-// as it is, without copying it through an aligned bounce buffer.
+// Pack buffers are page-aligned (the local backend writes them with O_DIRECT as they are, without
+// copying them through an aligned bounce buffer) and backed by huge pages (common/big_alloc.h).
 template <class T>
-struct PageAllocator {
-  using value_type = T;
-  static constexpr size_t kPage = 4096;
-  PageAllocator() = default;
-  template <class U>
-  PageAllocator(const PageAllocator<U>&) {}
-  T* allocate(size_t n) {
-    size_t bytes = (n * sizeof(T) + kPage - 1) / kPage * kPage;
-    void* p = std::aligned_alloc(kPage, bytes);
-    if (!p) throw std::bad_alloc();
-    return static_cast<T*>(p);
-  }
-  void deallocate(T* p, size_t) { std::free(p); }
-  template <class U>
-  bool operator==(const PageAllocator<U>&) const { return true; }
-};
+using PageAllocator = BigAllocator<T>;
 using PackBuffer = std::basic_string<char, std::char_traits<char>, PageAllocator<char>>;
 
 // 2: blobs are sealed with their index entry as GCM associated data (BlobAad). 1 is still read

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <sodium.h>
 #include <zstd.h>
 
 #include "common/random.h"
@@ -286,6 +287,33 @@ TEST(Crypto, ParseIdAcceptsExactlySixtyFourHexDigits) {
   EXPECT_FALSE(ParseId(hex.substr(1), &id));
   EXPECT_FALSE(ParseId(hex + "0", &id));
   EXPECT_FALSE(ParseId("", &id));
+}
+
+// Key files written by earlier versions were derived with libsodium's crypto_pwhash (argon2id
+// v1.3, one lane); DeriveKey computes it with the reference library on our own memory and must give
+// the same key for every parameter set, or existing repositories would no longer open.
+TEST(Crypto, KdfMatchesLibsodiumsArgon2id) {
+  ASSERT_GE(sodium_init(), 0);
+  struct Case {
+    uint64_t ops, mem;
+    std::string password;
+  };
+  const Case cases[] = {{crypto_pwhash_OPSLIMIT_MIN, crypto_pwhash_MEMLIMIT_MIN, "pw"},
+                        {3, 1 << 20, ""},
+                        {1, 3 << 20, std::string("p\0ss w\xc3\xb6rd", 10)},
+                        {crypto_pwhash_OPSLIMIT_INTERACTIVE, crypto_pwhash_MEMLIMIT_INTERACTIVE, "correct horse battery staple"}};
+  for (const auto& c : cases) {
+    KdfParams p{c.ops, c.mem, RandomBytes(16)};
+    auto ours = DeriveKey(c.password, p);
+    ASSERT_TRUE(ours) << ours.error().ToString();
+    std::array<uint8_t, 32> want{};
+    ASSERT_EQ(crypto_pwhash(want.data(), want.size(), c.password.data(), c.password.size(),
+                            reinterpret_cast<const unsigned char*>(p.salt.data()), c.ops, c.mem, crypto_pwhash_ALG_ARGON2ID13),
+              0);
+    EXPECT_EQ(*ours, want) << "opslimit " << c.ops << " memlimit " << c.mem;
+  }
+  KdfParams bad{crypto_pwhash_OPSLIMIT_MIN, crypto_pwhash_MEMLIMIT_MIN, "short"};
+  EXPECT_FALSE(DeriveKey("pw", bad));
 }
 
 TEST(Crypto, SealDetectsTamperingAndIdsAreKeyed) {
