@@ -1,14 +1,19 @@
 #include "snapshot/crypto.h"
 
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/sha.h>
 #include <argon2.h>
+#include <pthread.h>
 #include <sodium.h>
 
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <memory>
+#include <mutex>
 
 #include "common/big_alloc.h"
 #include "common/random.h"
@@ -55,26 +60,80 @@ MasterKey MasterKey::Random() {
 }
 
 namespace {
-struct CtxFree {
-  void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX_free(c); }
+// Per-thread state for sealing and opening. A 7 GB backup seals ~80k blobs and hashes as many: a
+// fresh cipher context, key schedule, HMAC fetch and getrandom call per blob were ~2-4 us each,
+// and a syscall alone costs ~1.3 us on the VMs we run on.
+
+std::atomic<uint64_t> g_fork_generation{0};
+
+// 12 random bytes for a GCM nonce, from a per-thread pool refilled 4 KiB at a time (one
+// getrandom per ~340 blobs). A forked child never reuses its parent's pool: pthread_atfork bumps
+// the generation the pool was filled in. Bytes handed out are wiped from the pool.
+void RandomNonce(unsigned char out[12]) {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (sodium_init() < 0) std::abort();
+    pthread_atfork(nullptr, nullptr, [] { g_fork_generation.fetch_add(1, std::memory_order_relaxed); });
+  });
+  struct Pool {
+    unsigned char bytes[4092];
+    size_t pos = sizeof bytes;
+    uint64_t generation = 0;
+    ~Pool() { sodium_memzero(bytes, sizeof bytes); }
+  };
+  thread_local Pool pool;
+  uint64_t gen = g_fork_generation.load(std::memory_order_relaxed);
+  if (pool.pos + 12 > sizeof pool.bytes || pool.generation != gen) {
+    randombytes_buf(pool.bytes, sizeof pool.bytes);
+    pool.pos = 0;
+    pool.generation = gen;
+  }
+  std::memcpy(out, pool.bytes + pool.pos, 12);
+  sodium_memzero(pool.bytes + pool.pos, 12);
+  pool.pos += 12;
+}
+
+// An AES-256-GCM context per thread and direction, keyed once; each message only sets its nonce.
+struct GcmContext {
+  EVP_CIPHER_CTX* ctx = nullptr;
+  unsigned char key[32] = {};
+  bool keyed = false;
+  ~GcmContext() {
+    EVP_CIPHER_CTX_free(ctx);
+    OPENSSL_cleanse(key, sizeof key);
+  }
+  // The context, keyed with `k` and ready for a message with `nonce`; nullptr if OpenSSL fails.
+  EVP_CIPHER_CTX* Start(const uint8_t k[32], const unsigned char* nonce, bool encrypt) {
+    if (!ctx && !(ctx = EVP_CIPHER_CTX_new())) return nullptr;
+    if (!keyed || CRYPTO_memcmp(key, k, 32) != 0) {
+      keyed = false;
+      if (EVP_CipherInit_ex(ctx, EVP_aes_256_gcm(), nullptr, k, nullptr, encrypt ? 1 : 0) != 1) return nullptr;
+      std::memcpy(key, k, 32);
+      keyed = true;
+    }
+    if (EVP_CipherInit_ex(ctx, nullptr, nullptr, nullptr, nonce, encrypt ? 1 : 0) != 1) {
+      keyed = false;  // start from scratch next time
+      return nullptr;
+    }
+    return ctx;
+  }
 };
 
 void SealAadTo(const uint8_t key[32], std::string_view plaintext, std::string_view aad, char* out) {
-  std::string nonce = RandomBytes(12);
-  std::memcpy(out, nonce.data(), 12);
-  std::unique_ptr<EVP_CIPHER_CTX, CtxFree> ctx(EVP_CIPHER_CTX_new());
+  auto* nonce = reinterpret_cast<unsigned char*>(out);
+  RandomNonce(nonce);
+  thread_local GcmContext gcm;
+  EVP_CIPHER_CTX* ctx = gcm.Start(key, nonce, true);
+  if (!ctx) std::abort();  // OpenSSL cannot run AES-GCM at all: nothing can be stored safely
   int len = 0;
-  EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key,
-                     reinterpret_cast<const unsigned char*>(nonce.data()));
   auto* dst = reinterpret_cast<unsigned char*>(out + 12);
   if (!aad.empty()) {
-    EVP_EncryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const unsigned char*>(aad.data()), static_cast<int>(aad.size()));
+    EVP_EncryptUpdate(ctx, nullptr, &len, reinterpret_cast<const unsigned char*>(aad.data()), static_cast<int>(aad.size()));
   }
-  EVP_EncryptUpdate(ctx.get(), dst, &len, reinterpret_cast<const unsigned char*>(plaintext.data()),
-                    static_cast<int>(plaintext.size()));
+  EVP_EncryptUpdate(ctx, dst, &len, reinterpret_cast<const unsigned char*>(plaintext.data()), static_cast<int>(plaintext.size()));
   int fin = 0;
-  EVP_EncryptFinal_ex(ctx.get(), dst + len, &fin);
-  EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, 16, out + 12 + plaintext.size());
+  EVP_EncryptFinal_ex(ctx, dst + len, &fin);
+  EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, out + 12 + plaintext.size());
 }
 
 std::string SealAad(const uint8_t key[32], std::string_view plaintext, std::string_view aad) {
@@ -86,18 +145,18 @@ std::string SealAad(const uint8_t key[32], std::string_view plaintext, std::stri
 Status OpenInto(const uint8_t key[32], std::string_view sealed, char* out, std::string_view aad = {}) {
   if (sealed.size() < kSealOverhead) return Status::Corruption("sealed data is too short");
   size_t n = sealed.size() - kSealOverhead;
-  std::unique_ptr<EVP_CIPHER_CTX, CtxFree> ctx(EVP_CIPHER_CTX_new());
+  thread_local GcmContext gcm;
+  EVP_CIPHER_CTX* ctx = gcm.Start(key, reinterpret_cast<const unsigned char*>(sealed.data()), false);
+  if (!ctx) return Status::Internal("OpenSSL could not set up AES-256-GCM");
   int len = 0;
-  EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key,
-                     reinterpret_cast<const unsigned char*>(sealed.data()));
   if (!aad.empty()) {
-    EVP_DecryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const unsigned char*>(aad.data()), static_cast<int>(aad.size()));
+    EVP_DecryptUpdate(ctx, nullptr, &len, reinterpret_cast<const unsigned char*>(aad.data()), static_cast<int>(aad.size()));
   }
-  EVP_DecryptUpdate(ctx.get(), reinterpret_cast<unsigned char*>(out), &len,
+  EVP_DecryptUpdate(ctx, reinterpret_cast<unsigned char*>(out), &len,
                     reinterpret_cast<const unsigned char*>(sealed.data() + 12), static_cast<int>(n));
-  EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, 16, const_cast<char*>(sealed.data() + 12 + n));
+  EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, 16, const_cast<char*>(sealed.data() + 12 + n));
   int fin = 0;
-  if (EVP_DecryptFinal_ex(ctx.get(), reinterpret_cast<unsigned char*>(out) + len, &fin) != 1) {
+  if (EVP_DecryptFinal_ex(ctx, reinterpret_cast<unsigned char*>(out) + len, &fin) != 1) {
     return Status::Corruption("authentication failed (wrong key, or the data is damaged)");
   }
   return Status::Ok();
@@ -130,9 +189,37 @@ Result<std::string> Unseal(const MasterKey& k, std::string_view sealed, std::str
 
 Id ContentId(const MasterKey& k, std::string_view data) {
   Id id;
-  unsigned int len = 0;
-  HMAC(EVP_sha256(), k.mac.data(), 32, reinterpret_cast<const unsigned char*>(data.data()), data.size(),
-       id.data(), &len);
+  // HMAC-SHA-256 with a per-thread context that keeps the key's inner and outer states: a one-shot
+  // HMAC() fetches the algorithm and hashes the key again for every chunk.
+  struct Mac {
+    EVP_MAC_CTX* ctx = nullptr;
+    std::array<uint8_t, 32> key{};
+    bool keyed = false;
+    ~Mac() {
+      EVP_MAC_CTX_free(ctx);
+      OPENSSL_cleanse(key.data(), key.size());
+    }
+  };
+  thread_local Mac mac;
+  static EVP_MAC* hmac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+  bool ok = hmac != nullptr;
+  if (ok && !mac.ctx) ok = (mac.ctx = EVP_MAC_CTX_new(hmac)) != nullptr;
+  if (ok && (!mac.keyed || CRYPTO_memcmp(mac.key.data(), k.mac.data(), 32) != 0)) {
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0), OSSL_PARAM_construct_end()};
+    mac.keyed = ok = EVP_MAC_init(mac.ctx, k.mac.data(), 32, params) == 1;
+    if (ok) mac.key = k.mac;
+  } else if (ok) {
+    ok = EVP_MAC_init(mac.ctx, nullptr, 0, nullptr) == 1;  // same key: restart from its states
+  }
+  size_t len = 0;
+  if (ok) ok = EVP_MAC_update(mac.ctx, reinterpret_cast<const unsigned char*>(data.data()), data.size()) == 1;
+  if (ok) ok = EVP_MAC_final(mac.ctx, id.data(), &len, id.size()) == 1 && len == id.size();
+  if (!ok) {  // the slow path always works
+    mac.keyed = false;
+    unsigned int l = 0;
+    HMAC(EVP_sha256(), k.mac.data(), 32, reinterpret_cast<const unsigned char*>(data.data()), data.size(), id.data(), &l);
+  }
   return id;
 }
 

@@ -2,6 +2,8 @@
 // repository end to end (backup, incremental, restore fidelity, corruption, hostile manifests, crash
 // safety, retention and prune).
 #include <fcntl.h>
+#include <sys/wait.h>
+#include <openssl/hmac.h>
 #include <linux/io_uring.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
@@ -314,6 +316,57 @@ TEST(Crypto, KdfMatchesLibsodiumsArgon2id) {
   }
   KdfParams bad{crypto_pwhash_OPSLIMIT_MIN, crypto_pwhash_MEMLIMIT_MIN, "short"};
   EXPECT_FALSE(DeriveKey("pw", bad));
+}
+
+// Sealing, opening and content ids keep per-thread OpenSSL state keyed once; switching between
+// keys (the master key's, a key file's) must never seal, open or hash with the previous one.
+TEST(Crypto, CachedContextsFollowTheKeyInUse) {
+  MasterKey a = MasterKey::Random(), b = MasterKey::Random();
+  std::string data = RandomData(100000, 5);
+  for (int round = 0; round < 3; ++round) {
+    for (const MasterKey* k : {&a, &b}) {
+      unsigned int len = 0;
+      Id want{};
+      HMAC(EVP_sha256(), k->mac.data(), 32, reinterpret_cast<const unsigned char*>(data.data()), data.size(), want.data(), &len);
+      EXPECT_EQ(ContentId(*k, data), want);
+      std::string sealed = Seal(*k, data, "aad");
+      const MasterKey* other = k == &a ? &b : &a;
+      EXPECT_FALSE(Unseal(*other, sealed, "aad")) << "opened with the other key";
+      auto back = Unseal(*k, sealed, "aad");
+      ASSERT_TRUE(back) << back.error().ToString();
+      EXPECT_EQ(*back, data);
+      std::array<uint8_t, 32> raw{};
+      raw[0] = static_cast<uint8_t>(round + 1);
+      auto with = OpenWith(raw.data(), SealWith(raw.data(), "key file"));
+      ASSERT_TRUE(with);
+      EXPECT_EQ(*with, "key file");
+    }
+  }
+}
+
+// GCM nonces come from a per-thread pool of random bytes; a forked child must not take the same
+// next nonce as its parent (two messages under one key and nonce would leak both).
+TEST(Crypto, AForkedChildNeverReusesItsParentsNonces) {
+  MasterKey k = MasterKey::Random();
+  std::string first = Seal(k, "fill the pool");
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::string child = Seal(k, "child");
+    ssize_t w = ::write(fds[1], child.data(), 12);
+    ::_exit(w == 12 ? 0 : 1);
+  }
+  std::string parent = Seal(k, "parent");
+  char child_nonce[12];
+  ASSERT_EQ(::read(fds[0], child_nonce, 12), 12);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ::close(fds[0]);
+  ::close(fds[1]);
+  EXPECT_NE(std::string(child_nonce, 12), parent.substr(0, 12));
+  EXPECT_NE(first.substr(0, 12), parent.substr(0, 12));
 }
 
 TEST(Crypto, SealDetectsTamperingAndIdsAreKeyed) {
