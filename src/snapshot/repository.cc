@@ -525,9 +525,12 @@ Status Repository::SealAndQueueLocked(std::unique_lock<std::mutex>& lock, std::s
   uint32_t hlen = static_cast<uint32_t>(sealed_header.size());
   pack->data += sealed_header;
   pack->data.append(reinterpret_cast<const char*>(&hlen), 4);
-  // Backpressure: at most Connections() packs uploading, plus the one being filled: memory stays
-  // under (Connections() + 1) x pack size.
-  int max_in_flight = std::max(1, backend_->Connections());
+  // Backpressure: at most Connections() packs uploading and at most kMaxUploadBytes of them, plus
+  // the one being filled. With 32 S3 connections and 16 MiB packs the connection count alone
+  // allowed 512 MiB, and a slow server filled it: a backup's RSS reached 1005 MB. 16 uploads of
+  // 16 MiB in flight still keep a server busy (each is a whole PUT).
+  const size_t by_bytes = std::max<size_t>(1, kMaxUploadBytes / std::max<size_t>(pack_target_, 1));
+  int max_in_flight = static_cast<int>(std::min<size_t>(static_cast<size_t>(std::max(1, backend_->Connections())), by_bytes));
   cv_.wait(lock, [&] { return uploads_in_flight_ < max_in_flight || !upload_error_.ok(); });
   if (!upload_error_.ok()) return upload_error_;
   ++uploads_in_flight_;

@@ -213,6 +213,7 @@ class Repository {
   std::string key_name_;
   CompressionMode compression_ = CompressionMode::kAuto;
   size_t pack_target_ = 16 * 1024 * 1024;
+  static constexpr size_t kMaxUploadBytes = 256 << 20;  // packs uploading at once (SealAndQueueLocked)
   double lock_refresh_s_ = 5 * 60;
   int64_t lock_stale_s_ = 30 * 60;
 
