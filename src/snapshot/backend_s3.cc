@@ -710,6 +710,10 @@ class S3Backend final : public Backend {
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &resp);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    // Bigger socket reads and writes than curl's 16 KiB / 64 KiB defaults: a restore moves GBs
+    // through here, and a syscall costs ~1.3 us on the VMs we run on (curl caps both sizes).
+    curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024);
+    curl_easy_setopt(c, CURLOPT_UPLOAD_BUFFERSIZE, 2L * 1024 * 1024);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(o_.connect_timeout_ms));
     curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, static_cast<long>(o_.low_speed_bytes));
     curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, static_cast<long>(o_.low_speed_time_s));
