@@ -924,6 +924,14 @@ Result<S3Options> ParseS3Location(std::string_view location, const EnvLookup& ge
   }
   o.session_token = env("AWS_SESSION_TOKEN");
   if (scheme == "https") o.ca_bundle = env("AWS_CA_BUNDLE");
+  if (std::string c = env("DUMONT_S3_CONNECTIONS"); !c.empty()) {
+    int64_t n = 0;
+    if (!ParseInt64(c, &n) || n < 1 || n > 256) {
+      return Err(Status::InvalidArgument("DUMONT_S3_CONNECTIONS '" + c +
+                                         "' must be a number of parallel S3 requests from 1 to 256 (default 32)"));
+    }
+    o.connections = static_cast<int>(n);
+  }
   return o;
 }
 

@@ -136,6 +136,22 @@ TEST(ParseS3Location, RegionFallsBackToAwsRegionThenUsEast1) {
   EXPECT_FALSE(ParseS3Location("s3:http://h/bucket", FakeEnv(env)));
 }
 
+// Parallel requests default to 32; DUMONT_S3_CONNECTIONS changes them (a small server may prefer
+// fewer), and a value that is not 1..256 is an error that names the variable.
+TEST(ParseS3Location, ConnectionsComeFromTheEnvironment) {
+  auto env = kCreds;
+  env["DUMONT_S3_CONNECTIONS"] = "8";
+  auto o = ParseS3Location("s3:http://127.0.0.1:7480/b-1", FakeEnv(env));
+  ASSERT_TRUE(o) << o.error().ToString();
+  EXPECT_EQ(o->connections, 8);
+  for (const char* bad : {"0", "257", "eight", "-3", "8x"}) {
+    env["DUMONT_S3_CONNECTIONS"] = bad;
+    auto e = ParseS3Location("s3:http://127.0.0.1:7480/b-1", FakeEnv(env));
+    ASSERT_FALSE(e) << bad;
+    EXPECT_NE(e.error().message().find("DUMONT_S3_CONNECTIONS"), std::string::npos) << e.error().message();
+  }
+}
+
 TEST(ParseS3Location, SessionTokenAndCaBundle) {
   auto env = kCreds;
   env["AWS_SESSION_TOKEN"] = "tok";
