@@ -25,11 +25,16 @@ class BigBuffer {
   BigBuffer& operator=(const BigBuffer&) = delete;
   ~BigBuffer() { BigFree(p_, cap_); }
   char* Get(size_t n) {
+    char* p = TryGet(n);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  // The same, nullptr (and an empty buffer) when out of memory.
+  char* TryGet(size_t n) {
     if (n > cap_) {
       BigFree(p_, cap_);
       p_ = static_cast<char*>(BigAlloc(n));
       cap_ = p_ ? n : 0;
-      if (!p_) throw std::bad_alloc();
     }
     return p_;
   }

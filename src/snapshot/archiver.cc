@@ -217,19 +217,8 @@ class Run {
   // use. nullptr when out of memory.
   size_t ReaderBufferSize() const { return 4 * chunker_.params().max_size + kDirectAlign; }
   char* ReaderBuffer() {
-    struct Buf {
-      char* p = nullptr;
-      size_t cap = 0;
-      ~Buf() { BigFree(p, cap); }
-    };
-    thread_local Buf tl;
-    size_t cap = ReaderBufferSize();
-    if (tl.cap < cap) {
-      BigFree(tl.p, tl.cap);
-      tl.p = static_cast<char*>(BigAlloc(cap));
-      tl.cap = tl.p ? cap : 0;
-    }
-    return tl.p;
+    thread_local BigBuffer buf;
+    return buf.TryGet(ReaderBufferSize());
   }
 
   // Small files are read in batches. One at a time, each file cost a read syscall that started its

@@ -1,7 +1,5 @@
 #include "snapshot/backend.h"
 
-#include "common/big_alloc.h"
-
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -18,6 +16,7 @@
 #include <mutex>
 #include <optional>
 
+#include "common/big_alloc.h"
 #include "common/random.h"
 
 namespace dumont::snapshot {
@@ -188,13 +187,7 @@ class LocalBackend final : public Backend {
     if (aligned >= 16 * kAlign && fl >= 0 && ::fcntl(fd, F_SETFL, fl | O_DIRECT) == 0) {
       bool in_place = reinterpret_cast<uintptr_t>(data.data()) % kAlign == 0;
       thread_local BigBuffer bounce_buf;
-      char* bounce = nullptr;
-      if (!in_place) {
-        try {
-          bounce = bounce_buf.Get(kBounce);
-        } catch (const std::bad_alloc&) {
-        }
-      }
+      char* bounce = in_place ? nullptr : bounce_buf.TryGet(kBounce);
       bool direct_ok = in_place || bounce != nullptr;
       while (direct_ok && off < aligned) {
         size_t n = in_place ? aligned - off : std::min(kBounce, aligned - off);

@@ -1,7 +1,5 @@
 #include "snapshot/compress.h"
 
-#include "common/big_alloc.h"
-
 #include <lz4.h>
 #include <zstd.h>
 
@@ -14,6 +12,8 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+
+#include "common/big_alloc.h"
 
 namespace dumont::snapshot {
 
