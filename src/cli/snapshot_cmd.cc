@@ -395,7 +395,8 @@ SnapshotArgs* AddSnapshotCommands(CLI::App& parent) {
   s->add_option("--repo,-r", a->repo, "DIR or s3:http(s)://host[:port]/bucket[/prefix] (else $DUMONT_REPOSITORY)");
   s->add_option("--password-file", a->password_file, "read the repository password from FILE (else $DUMONT_REPO_PASSWORD)");
   s->add_option("--compression", a->compression, "auto (fast zstd) | zstd | lz4 | off");
-  s->footer("S3 credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION.");
+  s->footer("S3 credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION;\n"
+            "DUMONT_S3_CONNECTIONS sets the parallel S3 requests (1-256, default 32).");
   a->init = s->add_subcommand("init", "create a new repository");
   a->backup = s->add_subcommand("backup", "back up PATHs into a new snapshot");
   a->backup->add_option("paths", a->paths, "files or directories")->required();
