@@ -187,7 +187,11 @@ std::string_view CompressView(std::string_view raw, CompressionMode mode, Compre
       Shuffle(raw.data(), raw.size(), stride, sh);
       src = sh;
     }
-    thread_local ZSTD_CCtx* cctx = ZSTD_createCCtx();
+    // Freed when the thread ends: backups and restores run on fresh thread pools, so a bare
+    // pointer leaked one context per worker thread per run in long-lived processes (the agent).
+    thread_local std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> cctx_owner(ZSTD_createCCtx(), ZSTD_freeCCtx);
+    ZSTD_CCtx* cctx = cctx_owner.get();
+    if (!cctx) return raw;  // out of memory for a context: store the chunk as it is
     size_t n = ZSTD_compressCCtx(cctx, out, bound, src, raw.size(), level);
     if (ZSTD_isError(n)) return raw;
     out_len = n;
@@ -213,7 +217,9 @@ Status DecompressInto(std::string_view stored, Compression c, size_t raw_length,
     return Status::Ok();
   }
   if (c == Compression::kZstd || c == Compression::kZstdShuffle2 || c == Compression::kZstdShuffle4) {
-    thread_local ZSTD_DCtx* dctx = ZSTD_createDCtx();
+    thread_local std::unique_ptr<ZSTD_DCtx, decltype(&ZSTD_freeDCtx)> dctx_owner(ZSTD_createDCtx(), ZSTD_freeDCtx);
+    ZSTD_DCtx* dctx = dctx_owner.get();
+    if (!dctx) return Status::ResourceExhausted("out of memory for a zstd context", 1);
     size_t stride = c == Compression::kZstdShuffle4 ? 4 : c == Compression::kZstdShuffle2 ? 2 : 1;
     char* dst = stride == 1 ? out : scratch ? scratch : ThreadBuffer(raw_length);
     size_t n = ZSTD_decompressDCtx(dctx, dst, raw_length, stored.data(), stored.size());
