@@ -14,10 +14,14 @@ struct SodiumInit {
 void EnsureSodium() { static SodiumInit init; }
 }  // namespace
 
-std::string RandomBytes(size_t n) {
+void RandomFill(void* out, size_t n) {
   EnsureSodium();
+  randombytes_buf(out, n);
+}
+
+std::string RandomBytes(size_t n) {
   std::string out(n, '\0');
-  randombytes_buf(out.data(), n);
+  RandomFill(out.data(), n);
   return out;
 }
 

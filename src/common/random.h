@@ -8,6 +8,8 @@
 namespace dumont {
 
 std::string RandomBytes(size_t n);
+// Fills out[0, n) with random bytes.
+void RandomFill(void* out, size_t n);
 std::string HexEncode(std::string_view bytes);
 bool HexDecode(std::string_view hex, std::string* out);
 // A random identifier: prefix + 20 lowercase base32 characters (100 bits).

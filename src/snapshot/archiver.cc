@@ -276,26 +276,23 @@ class Run {
   // Reads a batch of small files (stat size + 1 bytes each, so growth since the walk shows), then
   // chunks and stores each on this reader. A file that grew is read again by ReadFile.
   void ReadSmall(std::vector<std::unique_ptr<SmallFile>>& batch) {
-    const size_t n = batch.size();
     char* buf = ReaderBuffer();
+    if (!buf) {
+      for (auto& f : batch) f->done.set_value(Err(Status::IOError("out of memory for the read buffer of " + f->path)));
+      return;
+    }
+    const size_t n = batch.size();
     std::vector<int> fds(n, -1);
     std::vector<char*> at(n);
     std::vector<size_t> want(n);
     std::vector<int64_t> got(n, 0);
     std::vector<int> open_errno(n, 0);
-    size_t pos = 0;
-    for (size_t i = 0; i < n; ++i) {
+    for (size_t i = 0, pos = 0; i < n; pos += want[i], ++i) {
       want[i] = batch[i]->stat_size + 1;
-      at[i] = buf ? buf + pos : nullptr;
-      pos += want[i];
-      if (!buf) continue;
+      at[i] = buf + pos;
       if (opts_.before_read) opts_.before_read(batch[i]->path);
       fds[i] = OpenForRead(batch[i]->path);
       if (fds[i] < 0) open_errno[i] = errno;
-    }
-    if (!buf) {
-      for (auto& f : batch) f->done.set_value(Err(Status::IOError("out of memory for the read buffer of " + f->path)));
-      return;
     }
     thread_local ReadRing ring;
     bool batched = opts_.io_uring && ring.ok() && ring.ReadAll(fds, at, want, &got);

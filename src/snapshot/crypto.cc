@@ -71,10 +71,7 @@ std::atomic<uint64_t> g_fork_generation{0};
 // the generation the pool was filled in. Bytes handed out are wiped from the pool.
 void RandomNonce(unsigned char out[12]) {
   static std::once_flag once;
-  std::call_once(once, [] {
-    if (sodium_init() < 0) std::abort();
-    pthread_atfork(nullptr, nullptr, [] { g_fork_generation.fetch_add(1, std::memory_order_relaxed); });
-  });
+  std::call_once(once, [] { pthread_atfork(nullptr, nullptr, [] { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }); });
   struct Pool {
     unsigned char bytes[4092];
     size_t pos = sizeof bytes;
@@ -84,7 +81,7 @@ void RandomNonce(unsigned char out[12]) {
   thread_local Pool pool;
   uint64_t gen = g_fork_generation.load(std::memory_order_relaxed);
   if (pool.pos + 12 > sizeof pool.bytes || pool.generation != gen) {
-    randombytes_buf(pool.bytes, sizeof pool.bytes);
+    RandomFill(pool.bytes, sizeof pool.bytes);
     pool.pos = 0;
     pool.generation = gen;
   }
@@ -256,12 +253,12 @@ Result<std::array<uint8_t, 32>> DeriveKey(std::string_view password, const KdfPa
   }
   if (password.size() > ARGON2_MAX_PWD_LENGTH) return Err(Status::InvalidArgument("the password is too long"));
   std::array<uint8_t, 32> out{};
-  std::string pw(password);  // argon2 may wipe the password it is given (not with these flags)
   argon2_context c{};
   c.out = out.data();
   c.outlen = static_cast<uint32_t>(out.size());
-  c.pwd = reinterpret_cast<uint8_t*>(pw.data());
-  c.pwdlen = static_cast<uint32_t>(pw.size());
+  // Not written to: argon2 only wipes the password with ARGON2_FLAG_CLEAR_PASSWORD, not set here.
+  c.pwd = reinterpret_cast<uint8_t*>(const_cast<char*>(password.data()));
+  c.pwdlen = static_cast<uint32_t>(password.size());
   c.salt = reinterpret_cast<uint8_t*>(const_cast<char*>(p.salt.data()));
   c.saltlen = static_cast<uint32_t>(p.salt.size());
   c.t_cost = static_cast<uint32_t>(p.opslimit);
@@ -273,7 +270,6 @@ Result<std::array<uint8_t, 32>> DeriveKey(std::string_view password, const KdfPa
   c.free_cbk = Argon2Free;
   c.flags = ARGON2_DEFAULT_FLAGS;
   int rc = argon2_ctx(&c, Argon2_id);
-  sodium_memzero(pw.data(), pw.size());
   if (rc == ARGON2_MEMORY_ALLOCATION_ERROR) {
     return Err(Status::ResourceExhausted("out of memory deriving the repository key", 1));
   }

@@ -39,9 +39,7 @@ namespace dumont::snapshot {
 
 // Pack buffers are page-aligned (the local backend writes them with O_DIRECT as they are, without
 // copying them through an aligned bounce buffer) and backed by huge pages (common/big_alloc.h).
-template <class T>
-using PageAllocator = BigAllocator<T>;
-using PackBuffer = std::basic_string<char, std::char_traits<char>, PageAllocator<char>>;
+using PackBuffer = std::basic_string<char, std::char_traits<char>, BigAllocator<char>>;
 
 // 2: blobs are sealed with their index entry as GCM associated data (BlobAad). 1 is still read
 // and written (its blobs have no associated data).
