@@ -21,6 +21,8 @@
 #   RGW_BLUESTORE_BYTES   bluestore block file size (default 3 x size + 4 GiB, sparse, under /tmp)
 #   BENCH_RGW_TCP_NODELAY 1 (default) = radosgw with tcp_nodelay=1; 0 = Ceph's default (Nagle on: a
 #                         small response waits ~40 ms for the client's delayed ACK, a high-latency server)
+#   BENCH_RGW_ALLOCATOR   tcmalloc (default, what upstream Ceph links) or libc (Debian 12's build: glibc
+#                         malloc; radosgw then spends ~4x the CPU per GB served on this VM's page faults)
 #   BENCH_S3_SECTION      key of the S3 results in the JSON file (default "s3"), e.g. "s3_rgw_nagle"
 #   BENCH_DIR     scratch directory for workspaces, repositories and restores (default /tmp/dumont-bench)
 #   BENCH_KEEP    1 = keep BENCH_DIR at the end (default: delete it)
@@ -49,6 +51,7 @@ RUN_S3="${SNAPSHOT_BENCH_S3:-auto}"
 S3_SIZES="${BENCH_S3_SIZES:-$SIZES}"
 S3_RESTIC_ARGS="${BENCH_S3_RESTIC_ARGS:-}"
 S3_TCP_NODELAY="${BENCH_RGW_TCP_NODELAY:-1}"
+S3_ALLOCATOR="${BENCH_RGW_ALLOCATOR:-tcmalloc}"
 S3_SECTION="${BENCH_S3_SECTION:-s3}"
 HARNESS="$ROOT/tests/rgw_harness.sh"
 
@@ -67,6 +70,7 @@ done
 case "$BDIR" in /|"") die "BENCH_DIR must not be '$BDIR'";; esac
 case "$RUN_LOCAL" in 0|1) ;; *) die "SNAPSHOT_BENCH_LOCAL must be 0 or 1, not '$RUN_LOCAL'";; esac
 case "$S3_TCP_NODELAY" in 0|1) ;; *) die "BENCH_RGW_TCP_NODELAY must be 0 or 1, not '$S3_TCP_NODELAY'";; esac
+case "$S3_ALLOCATOR" in tcmalloc|libc) ;; *) die "BENCH_RGW_ALLOCATOR must be tcmalloc or libc, not '$S3_ALLOCATOR'";; esac
 [[ "$S3_SECTION" =~ ^s3[A-Za-z0-9_]*$ ]] || die "BENCH_S3_SECTION must start with s3 (letters, digits, _), not '$S3_SECTION'"
 S3_SKIP_REASON=""
 case "$RUN_S3" in
@@ -281,7 +285,7 @@ LOAD_AT_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 log "load average before the run: $LOAD_AT_START ($(nproc) cores)"
 if [ "$RUN_LOCAL" = 1 ]; then log "local leg: sizes $SIZES"; else log "local leg: SKIPPED (SNAPSHOT_BENCH_LOCAL=0; the previous local results in $OUT are kept)"; fi
 if [ -z "$S3_SKIP_REASON" ]; then
-  log "S3 leg (Ceph RGW, bluestore OSD, loopback, tcp_nodelay=$S3_TCP_NODELAY, results in section \"$S3_SECTION\"): sizes $S3_SIZES"
+  log "S3 leg (Ceph RGW, bluestore OSD, loopback, tcp_nodelay=$S3_TCP_NODELAY, allocator $S3_ALLOCATOR, results in section \"$S3_SECTION\"): sizes $S3_SIZES"
 else
   log "S3 leg: SKIPPED: $S3_SKIP_REASON (the previous S3 results in $OUT, if any, are kept)"
 fi
@@ -298,7 +302,7 @@ s3_leg() {
   # both repositories (~1.3x the workspace) in the bluestore file, plus one restored copy at a time
   "$PY" -c "import sys; sys.exit(0 if $avail_gb >= 2.5 * float('$size') + 2 else 1)" \
     || log "WARNING: ${avail_gb} GB free under /tmp may not hold the S3 leg of $size GB (~$("$PY" -c "print(round(2.5 * float('$size') + 2))") GB)"
-  RGW_OSD_BACKEND=bluestore RGW_BLUESTORE_BYTES="$bs" RGW_TCP_NODELAY="$S3_TCP_NODELAY" bash "$HARNESS" start "$RGW_STATE" >&2 \
+  RGW_OSD_BACKEND=bluestore RGW_BLUESTORE_BYTES="$bs" RGW_TCP_NODELAY="$S3_TCP_NODELAY" RGW_ALLOCATOR="$S3_ALLOCATOR" bash "$HARNESS" start "$RGW_STATE" >&2 \
     || die "could not start the RADOS Gateway (tests/rgw_harness.sh start)"
   dir=$(cat "$RGW_STATE/dir"); conf="$dir/ceph.conf"
   # shellcheck disable=SC1091
@@ -448,7 +452,7 @@ DIRTY="$(git -C "$ROOT" status --porcelain -- src app CMakeLists.txt 2>/dev/null
 RESTIC_VERSION="$("$RESTIC" version | head -n1)" FS="$(df -PT "$BDIR" | awk 'NR==2 {print $2" on "$1}')" \
 CACHE_DROPPED="$CACHE_DROPPED" CACHE_NOTE="$CACHE_NOTE" SIZES="$SIZES" SEED="$SEED" \
 RUN_LOCAL="$RUN_LOCAL" S3_RAN="$S3_RAN" S3_SIZES="$S3_SIZES" S3_MUTATE_SEED="$S3_MUTATE_SEED" \
-S3_RESTIC_ARGS="$S3_RESTIC_ARGS" LOAD_AT_START="$LOAD_AT_START" S3_TCP_NODELAY="$S3_TCP_NODELAY" S3_SECTION="$S3_SECTION" \
+S3_RESTIC_ARGS="$S3_RESTIC_ARGS" LOAD_AT_START="$LOAD_AT_START" S3_TCP_NODELAY="$S3_TCP_NODELAY" S3_ALLOCATOR="$S3_ALLOCATOR" S3_SECTION="$S3_SECTION" \
 "$PY" - "$RAW" "$OUT" <<'EOF'
 import datetime, json, os, sys
 raw, out = sys.argv[1:]
@@ -579,6 +583,8 @@ if os.environ["S3_RAN"] == "true":
             "bluestore_block": "sparse file under /tmp (ext4, same disk as the workspace), O_DIRECT",
             "layout": "1 mon + 1 OSD + radosgw (beast, 128 threads), no mgr, tests/rgw_harness.sh, a fresh cluster per size",
             "tcp_nodelay": os.environ["S3_TCP_NODELAY"] == "1",
+            "allocator": {"tcmalloc": "tcmalloc (libtcmalloc.so.4 preloaded into every daemon, like upstream Ceph's builds)",
+                          "libc": "glibc malloc (Debian 12's build as packaged)"}[os.environ["S3_ALLOCATOR"]],
             "endpoint": "http://127.0.0.1:PORT (plain HTTP, path-style, SigV4), one bucket per tool",
         },
         "method": {
@@ -630,7 +636,7 @@ if os.environ["RUN_LOCAL"] == "1":
             print(f"| {label if i == 0 else ''} | {e['files'] if i == 0 else ''} | {name} | {a} | {b} | {c} |")
 
 if s3_results:
-    print(f"\nS3 (Ceph RGW, bluestore OSD, loopback, tcp_nodelay={os.environ['S3_TCP_NODELAY']}; client and server share the cores; section {os.environ['S3_SECTION']})\n")
+    print(f"\nS3 (Ceph RGW, bluestore OSD, loopback, tcp_nodelay={os.environ['S3_TCP_NODELAY']}, {os.environ['S3_ALLOCATOR']}; client and server share the cores; section {os.environ['S3_SECTION']})\n")
     print("| size | files | measure | dumont | restic | dumont advantage (>1 = dumont better) |")
     print("|---|---|---|---|---|---|")
     for e in s3_results:

@@ -11,7 +11,7 @@ PACKAGES=(
   libssl-dev libsodium-dev libcurl4-openssl-dev libzstd-dev liblz4-dev liburing-dev libargon2-dev libjemalloc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus util-linux procps
-  ceph-mon ceph-osd radosgw ceph-common
+  ceph-mon ceph-osd radosgw ceph-common libgoogle-perftools4
   restic chromium
 )
 

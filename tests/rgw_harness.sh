@@ -21,6 +21,13 @@
 #        RGW_TCP_NODELAY     1 = radosgw's beast frontend sets TCP_NODELAY (default 0, Ceph's default:
 #                          with Nagle on, a small response often waits ~40 ms for the client's
 #                          delayed ACK, so every small ranged GET costs ~44 ms on loopback)
+#        RGW_ALLOCATOR       tcmalloc (default) or libc: the malloc of the Ceph daemons. Upstream Ceph
+#                          links its daemons with tcmalloc (gperftools) whenever it is found; Debian 12's
+#                          build links glibc malloc, and on these VMs (a first touch of a 4 KiB page costs
+#                          10-20 us) radosgw's messenger thread then spends most of a large GET faulting
+#                          in fresh receive buffers: 16 CPU-s instead of 4 for a 4 GB restore. The
+#                          harness preloads the libtcmalloc.so.4 that Debian's radosgw package already
+#                          depends on (libgoogle-perftools4), so the server behaves like upstream's.
 set -euo pipefail
 unset AWS_CA_BUNDLE   # ceph/radosgw tools do not need it and some S3 tools choke on it
 cmd=${1:?usage: rgw_harness.sh start|stop STATE_DIR}
@@ -29,6 +36,7 @@ MEMSTORE_BYTES=${RGW_MEMSTORE_BYTES:-4294967296}
 OSD_BACKEND=${RGW_OSD_BACKEND:-memstore}
 BLUESTORE_BYTES=${RGW_BLUESTORE_BYTES:-17179869184}
 TCP_NODELAY=${RGW_TCP_NODELAY:-0}
+ALLOCATOR=${RGW_ALLOCATOR:-tcmalloc}
 PY=/usr/bin/python3
 
 log() { echo "rgw_harness: $*" >&2; }
@@ -101,6 +109,16 @@ do_start() {
     *) log "RGW_OSD_BACKEND must be memstore or bluestore, not '$OSD_BACKEND'"; exit 1 ;;
   esac
   case $TCP_NODELAY in 0|1) ;; *) log "RGW_TCP_NODELAY must be 0 or 1, not '$TCP_NODELAY'"; exit 1 ;; esac
+  PRELOAD=""
+  case $ALLOCATOR in
+    libc) ;;
+    tcmalloc)
+      PRELOAD=$(/sbin/ldconfig -p 2>/dev/null | awk '$1 == "libtcmalloc.so.4" && /x86-64|x86_64|64bit/ {print $NF; exit}')
+      [ -n "$PRELOAD" ] || PRELOAD=$(ls /usr/lib/*/libtcmalloc.so.4 2>/dev/null | head -n 1)
+      [ -n "$PRELOAD" ] && [ -f "$PRELOAD" ] \
+        || { log "RGW_ALLOCATOR=tcmalloc but libtcmalloc.so.4 is not installed (apt-get install -y libgoogle-perftools4, or RGW_ALLOCATOR=libc)"; exit 1; } ;;
+    *) log "RGW_ALLOCATOR must be tcmalloc or libc, not '$ALLOCATOR'"; exit 1 ;;
+  esac
   local t0=$EPOCHREALTIME
   mkdir -p "$state"
   do_stop
@@ -191,7 +209,7 @@ EOF
 
   daemon() { # name cmd...
     local name=$1; shift
-    setsid "$@" </dev/null >>"$DIR/log/$name.out" 2>&1 &
+    setsid env ${PRELOAD:+LD_PRELOAD="$PRELOAD"} "$@" </dev/null >>"$DIR/log/$name.out" 2>&1 &
     echo $! >"$DIR/run/$name.fgpid"
   }
   local C="ceph -c $conf --connect-timeout 10" i
@@ -244,7 +262,7 @@ export DUMONT_TEST_S3_ENDPOINT=http://127.0.0.1:$port
 EOF
   mv "$state/env.tmp" "$state/env"
   trap - EXIT
-  echo "rgw_harness: RADOS Gateway on http://127.0.0.1:$port ($DIR, $OSD_BACKEND OSD$([ "$TCP_NODELAY" = 1 ] && echo ", TCP_NODELAY")), up in $("$PY" -c "print(round($EPOCHREALTIME - $t0, 1))") s"
+  echo "rgw_harness: RADOS Gateway on http://127.0.0.1:$port ($DIR, $OSD_BACKEND OSD, $ALLOCATOR$([ "$TCP_NODELAY" = 1 ] && echo ", TCP_NODELAY")), up in $("$PY" -c "print(round($EPOCHREALTIME - $t0, 1))") s"
 }
 
 case "$cmd" in
