@@ -125,19 +125,37 @@ class BufferPool {
 
 // Strings that pack ranges are loaded into, handed back and refilled (Backend::LoadInto): a fresh
 // 16 MiB allocation per range was a page fault and a page zeroing per 4 KiB, ~7 % of the machine's
-// CPU in an S3 restore. Free strings are kept while their capacities add up to at most `keep`
-// bytes; the ones in use are bounded by the in-flight budget.
+// CPU in an S3 restore. A lease takes the smallest free string that already holds the range (packs
+// are 16-24 MiB, so an exact-size string rarely fits the next one) and reserves capacity rounded up
+// to 2 MiB, so strings settle at a few sizes and are reused instead of reallocated. Free strings
+// are kept while their capacities add up to at most `keep` bytes; the ones in use are bounded by
+// the in-flight budget.
 class RangePool {
  public:
+  static constexpr size_t kGrain = size_t{2} << 20;
   explicit RangePool(uint64_t keep) : keep_(keep) {}
   class Lease {
    public:
-    explicit Lease(RangePool& p) : p_(p) {
-      std::lock_guard l(p_.mu_);
-      if (!p_.free_.empty()) {
-        s_ = std::move(p_.free_.back());
-        p_.free_.pop_back();
-        p_.kept_ -= s_.capacity();
+    Lease(RangePool& p, size_t want) : p_(p) {
+      {
+        std::lock_guard l(p_.mu_);
+        size_t best = p_.free_.size();
+        for (size_t i = 0; i < p_.free_.size(); ++i) {
+          size_t cap = p_.free_[i].capacity();
+          if (cap >= want && (best == p_.free_.size() || cap < p_.free_[best].capacity())) best = i;
+        }
+        if (best == p_.free_.size() && !p_.free_.empty()) best = 0;  // none holds it: grow one
+        if (best < p_.free_.size()) {
+          s_ = std::move(p_.free_[best]);
+          p_.free_[best] = std::move(p_.free_.back());
+          p_.free_.pop_back();
+          p_.kept_ -= s_.capacity();
+        }
+      }
+      if (s_.capacity() < want) {
+        s_.clear();
+        s_.shrink_to_fit();  // no copy of stale bytes into the bigger allocation
+        s_.reserve((want + kGrain - 1) / kGrain * kGrain);
       }
     }
     ~Lease() {
@@ -434,7 +452,7 @@ class Restore_ {
     };
     if (need * 2 >= hi - lo) {
       Budget hold(*this, hi - lo);
-      RangePool::Lease data(*ranges_);
+      RangePool::Lease data(*ranges_, hi - lo);
       DUMONT_RETURN_STATUS_IF_ERROR(repo_.backend().LoadInto({FileType::kPack, name}, static_cast<int64_t>(lo),
                                                              static_cast<int64_t>(hi - lo), &data.str()));
       downloaded_ += data.str().size();
@@ -447,7 +465,7 @@ class Restore_ {
     }
     for (const auto& [l, rest] : wants) {
       Budget hold(*this, l.length);
-      RangePool::Lease data(*ranges_);
+      RangePool::Lease data(*ranges_, l.length);
       DUMONT_RETURN_STATUS_IF_ERROR(repo_.backend().LoadInto({FileType::kPack, name}, l.offset, l.length, &data.str()));
       downloaded_ += data.str().size();
       DUMONT_RETURN_STATUS_IF_ERROR(handle_one(l, rest.first, rest.second, data.str()));
@@ -651,7 +669,8 @@ class Restore_ {
     // Decoding and writing need a buffer set; waiting on the network does not. 8 sets (as many as
     // the local workers) whatever the number of S3 connections.
     pool_ = std::make_unique<BufferPool>(std::min<size_t>(static_cast<size_t>(n_workers), std::max(8u, 2 * hw)));
-    ranges_ = std::make_unique<RangePool>(opts_.max_bytes_in_flight);
+    // Kept capacity may exceed the budget by the rounding of each string (<= 2 MiB each).
+    ranges_ = std::make_unique<RangePool>(opts_.max_bytes_in_flight + opts_.max_bytes_in_flight / 4);
     std::atomic<size_t> next{0};
     std::mutex err_mu;
     Status first_error;
