@@ -8,7 +8,7 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git curl jq
   libboost1.81-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libexpected-dev
   libsqlite3-dev libpq-dev postgresql
-  libssl-dev libsodium-dev libcurl4-openssl-dev libzstd-dev liblz4-dev liburing-dev libargon2-dev libjemalloc-dev
+  libssl-dev libsodium-dev libcurl4-openssl-dev libzstd-dev liblz4-dev liburing-dev libargon2-dev libjemalloc-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus util-linux procps
   ceph-mon ceph-osd radosgw ceph-common libgoogle-perftools4

@@ -40,7 +40,7 @@ Result<RepairIndexResult> RepairIndex(Repository& repo, const std::function<void
     for (size_t i = next++; i < packs->size(); i = next++) {
       const FileInfo& f = (*packs)[i];
       Id pack;
-      auto header = ParseId(f.name, &pack) ? LoadPackHeader(repo.backend(), repo.key(), f.name, f.size)
+      auto header = ParseId(f.name, &pack) ? LoadPackHeader(repo.backend(), repo.key(), f.name, f.size, repo.config().version)
                                            : Result<std::vector<PackHeaderEntry>>(Err(Status::Corruption("'" + f.name + "' is not a pack name")));
       std::lock_guard l(mu);
       if (!header) {
@@ -160,11 +160,11 @@ Result<CheckReport> Check(Repository& repo, bool read_data, const std::function<
         continue;
       }
       r.bytes_read += data->size();
-      if (Sha256(*data) != pack) {
-        r.errors.push_back("pack " + name + " is damaged: its content does not match its name");
+      if (Status v = VerifyPackBytes(pack, *data, repo.config().version); !v.ok()) {
+        r.errors.push_back(v.message());
         continue;
       }
-      auto header = ReadPackHeader(repo.key(), name, *data);
+      auto header = ReadPackHeader(repo.key(), name, *data, repo.config().version);
       if (!header) {
         r.errors.push_back(header.error().message());
         continue;

@@ -43,7 +43,7 @@ using PackBuffer = std::basic_string<char, std::char_traits<char>, BigAllocator<
 
 // 2: blobs are sealed with their index entry as GCM associated data (BlobAad). 1 is still read
 // and written (its blobs have no associated data).
-inline constexpr int kRepoVersion = 2;
+inline constexpr int kRepoVersion = 3;
 inline constexpr int kOldestRepoVersion = 1;
 
 enum class BlobType : uint8_t { kData = 0, kTree = 1 };
@@ -91,12 +91,20 @@ struct PackHeaderEntry {
   Compression compression;
 };
 
-// Parses a pack file: trailer, sealed header. Errors name the pack.
+// Bytes after a pack's sealed header: its length (4), and from version 3 first the XXH3-128 of the
+// blobs before the header (16).
+inline constexpr size_t kPackChecksumSize = 16;
+inline size_t PackTrailerSize(int version) { return version >= 3 ? kPackChecksumSize + 4 : 4; }
+// Parses a pack file of a repository `version`: trailer, sealed header. Errors name the pack.
 Result<std::vector<PackHeaderEntry>> ReadPackHeader(const MasterKey& key, const std::string& pack_name,
-                                                    std::string_view pack);
+                                                    std::string_view pack, int version);
 // The same reading only the pack's tail from `backend` (pack_size from List or Stat).
 Result<std::vector<PackHeaderEntry>> LoadPackHeader(Backend& backend, const MasterKey& key, const std::string& pack_name,
-                                                    int64_t pack_size);
+                                                    int64_t pack_size, int version);
+// Checks a whole pack's bytes against its name without the key. Versions 1-2: the name is the
+// SHA-256 of the pack. Version 3: the name is the SHA-256 of the header and trailer, and the trailer
+// holds the XXH3-128 of the blobs. A Corruption error names the pack and what does not match.
+Status VerifyPackBytes(const Id& name, std::string_view pack, int version);
 
 class Repository {
  public:
@@ -196,7 +204,7 @@ class Repository {
   explicit Repository(std::unique_ptr<Backend> b);
   struct PendingPack;
   Status SealAndQueueLocked(std::unique_lock<std::mutex>& lock, std::shared_ptr<PendingPack>& open);
-  Status WritePack(const Id& id, const PendingPack& p);
+  Status WritePack(const Id& id, const PendingPack& p, bool name_is_sha256);
   // Unseals, decompresses and verifies one blob read from its pack.
   Result<std::string> OpenBlob(const Id& id, const BlobLocation& loc, std::string_view sealed) const;
   Status WriteIndexLocked(std::unique_lock<std::mutex>& lock);

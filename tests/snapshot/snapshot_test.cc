@@ -1328,18 +1328,23 @@ TEST_F(RepoTest, NamesAndLinkTargetsThatAreNotUtf8RoundTripExactly) {
   EXPECT_EQ(OpenRepo()->ListSnapshots()->back().second.paths, std::vector<std::string>{latin});
 }
 
+// A repository of format `version` with small chunks (16-256 KiB), for the format tests.
+Result<std::unique_ptr<Repository>> InitVersion(const fs::path& dir, int version) {
+  InitOptions o;
+  o.fast_kdf = true;
+  o.chunker = {16 * 1024, 15, 256 * 1024};
+  o.version = version;
+  return Repository::Init(NewLocalBackend(dir.string()), "pw", o);
+}
+
 // Restore trusts a version 2 blob's tag instead of re-hashing it, so the tag must bind the blob to
-// its id: an index that sends one blob's id to another blob's bytes is refused in both versions
-// (by the tag in 2, by the id check in 1), by restore and by check --read-data.
-TEST(RepoFormat, ABlobUnderAnotherIdsIndexEntryIsRefusedInBothVersions) {
-  for (int version : {1, 2}) {
+// its id: an index that sends one blob's id to another blob's bytes is refused in every version
+// (by the tag from 2, by the id check in 1), by restore and by check --read-data.
+TEST(RepoFormat, ABlobUnderAnotherIdsIndexEntryIsRefusedInEveryVersion) {
+  for (int version : {1, 2, 3}) {
     SCOPED_TRACE("version " + std::to_string(version));
     TempDir dir;
-    InitOptions o;
-    o.fast_kdf = true;
-    o.chunker = {16 * 1024, 15, 256 * 1024};
-    o.version = version;
-    auto repo = Repository::Init(NewLocalBackend(dir / "repo"), "pw", o);
+    auto repo = InitVersion(dir / "repo", version);
     ASSERT_TRUE(repo) << repo.error().ToString();
     EXPECT_EQ((*repo)->config().version, version);
     WriteFile(dir / "ws/a.bin", RandomData(16000, 1));  // under the min chunk: one chunk each, stored raw,
@@ -1373,11 +1378,87 @@ TEST(RepoFormat, ABlobUnderAnotherIdsIndexEntryIsRefusedInBothVersions) {
     auto r = RestoreLatest(**reopened, dir / "out");
     ASSERT_FALSE(r) << "restore accepted a blob under another blob's id";
     EXPECT_EQ(r.error().code(), Code::kCorruption);
-    EXPECT_NE(r.error().message().find(version == 2 ? "authentication failed" : "does not match its id"), std::string::npos)
+    EXPECT_NE(r.error().message().find(version >= 2 ? "authentication failed" : "does not match its id"), std::string::npos)
         << r.error().message();
     auto c = Check(**reopened, true);
     ASSERT_TRUE(c);
     EXPECT_EQ(c->errors.size(), 2u);
+  }
+}
+
+// Version 3 names a pack by the SHA-256 of its header and trailer and keeps an XXH3-128 of its blobs
+// in the trailer; versions 1-2 name it by the SHA-256 of all its bytes. Either way a damaged byte
+// anywhere in a pack is found without the key (VerifyPackBytes) and named by check --read-data,
+// and version 2 repositories keep writing version 2 packs.
+TEST(RepoFormat, PackNamesAndKeylessDamageChecksInVersions2And3) {
+  for (int version : {2, 3}) {
+    SCOPED_TRACE("version " + std::to_string(version));
+    TempDir dir;
+    auto repo = InitVersion(dir / "repo", version);
+    ASSERT_TRUE(repo) << repo.error().ToString();
+    WriteFile(dir / "ws/random.bin", RandomData(600000, 7));
+    std::string text;
+    for (int i = 0; i < 20000; ++i) text += "step " + std::to_string(i) + ", loss " + std::to_string(1.0 / (i + 1)) + "\n";
+    WriteFile(dir / "ws/log.txt", text);
+    BackupOptions bo;
+    bo.paths = {dir / "ws"};
+    ASSERT_TRUE(Backup(**repo, bo));
+    Backend& b = (*repo)->backend();
+    auto packs = b.List(FileType::kPack);
+    ASSERT_TRUE(packs);
+    ASSERT_FALSE(packs->empty());
+    std::string victim;
+    for (const auto& f : *packs) {
+      Id id;
+      ASSERT_TRUE(ParseId(f.name, &id));
+      std::string bytes = *b.Load({FileType::kPack, f.name});
+      EXPECT_TRUE(VerifyPackBytes(id, bytes, version).ok()) << VerifyPackBytes(id, bytes, version).ToString();
+      EXPECT_EQ(Sha256(bytes) == id, version < 3) << "pack " << f.name;
+      auto header = ReadPackHeader((*repo)->key(), f.name, bytes, version);
+      ASSERT_TRUE(header) << header.error().ToString();
+      auto loaded = LoadPackHeader(b, (*repo)->key(), f.name, static_cast<int64_t>(bytes.size()), version);
+      ASSERT_TRUE(loaded) << loaded.error().ToString();
+      EXPECT_EQ(loaded->size(), header->size());
+      if (version >= 3) {
+        uint32_t hlen;
+        std::memcpy(&hlen, bytes.data() + bytes.size() - 4, 4);
+        EXPECT_EQ(Sha256(std::string_view(bytes).substr(bytes.size() - PackTrailerSize(3) - hlen)), id);
+      }
+      if (victim.empty() || bytes.size() > b.Load({FileType::kPack, victim})->size()) victim = f.name;
+    }
+    Id victim_id;
+    ASSERT_TRUE(ParseId(victim, &victim_id));
+    const std::string good = *b.Load({FileType::kPack, victim});
+    struct Flip {
+      size_t at;
+      const char* says;
+    };
+    const size_t trailer = PackTrailerSize(version);
+    std::vector<Flip> flips = {{good.size() / 3, version >= 3 ? "do not match the checksum in its trailer" : "does not match its name"},
+                               {good.size() - trailer - 6, "does not match its name"},
+                               {good.size() - 1, ""}};  // the header length: any error naming the pack
+    if (version >= 3) flips.push_back({good.size() - 12, "does not match its name"});  // inside the checksum
+    for (const auto& f : flips) {
+      SCOPED_TRACE("byte " + std::to_string(f.at) + " of " + std::to_string(good.size()));
+      std::string bad = good;
+      bad[f.at] ^= 0x20;
+      Status v = VerifyPackBytes(victim_id, bad, version);
+      ASSERT_FALSE(v.ok());
+      EXPECT_EQ(v.code(), Code::kCorruption);
+      EXPECT_NE(v.message().find(victim), std::string::npos) << v.message();
+      EXPECT_NE(v.message().find(f.says), std::string::npos) << v.message();
+      ASSERT_TRUE(b.Save({FileType::kPack, victim}, bad).ok());
+      auto reopened = Repository::Open(NewLocalBackend(dir / "repo"), "pw");
+      ASSERT_TRUE(reopened);
+      auto c = Check(**reopened, true);
+      ASSERT_TRUE(c);
+      ASSERT_FALSE(c->errors.empty()) << "check --read-data missed a flipped byte";
+      EXPECT_NE(c->errors.front().find(victim), std::string::npos) << c->errors.front();
+      ASSERT_TRUE(b.Save({FileType::kPack, victim}, good).ok());
+    }
+    auto c = Check(**repo, true);
+    ASSERT_TRUE(c);
+    EXPECT_TRUE(c->errors.empty()) << c->errors.front();
   }
 }
 
@@ -1521,7 +1602,7 @@ TEST_F(RepoTest, RepairIndexRebuildsALostOrDamagedIndexFromPackHeaders) {
   ASSERT_GE(packs->size(), 2u);
   const std::string victim = (*packs)[0].name;
   std::string bytes = *b->Load({FileType::kPack, victim});
-  bytes[bytes.size() - 10] ^= 0x55;  // inside the sealed header
+  bytes[bytes.size() - PackTrailerSize(kRepoVersion) - 6] ^= 0x55;  // inside the sealed header
   ASSERT_TRUE(b->Save({FileType::kPack, victim}, bytes).ok());
   auto bare = Repository::Open(NewLocalBackend(repo_dir_), "pw", false);
   ASSERT_TRUE(bare);
