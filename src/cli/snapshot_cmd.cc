@@ -7,6 +7,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -165,6 +166,10 @@ int Run(SnapshotArgs& a, bool json_out) {
     return r.unreadable.empty() ? 0 : 3;
   }
 
+  // A backup's walk waits on the disk when the cache is cold; list and stat the tree while the
+  // repository opens (key derivation, index), and stop right before the backup walks it.
+  std::optional<MetadataPrefetch> prefetch;
+  if (*a.backup) prefetch.emplace(a.paths);
   auto repo = MustOpen(a);
 
   if (*a.backup) {
@@ -191,6 +196,7 @@ int Run(SnapshotArgs& a, bool json_out) {
                      p.totals_final ? Eta(p.bytes_done, p.bytes_total, rate).c_str() : "? (still listing)");
       }
     };
+    prefetch.reset();
     // No callback when nothing would be shown.
     auto s = Must(Backup(*repo, o, json_out || tty ? std::function<void(const BackupProgress&)>(progress) : nullptr));
     if (tty && !json_out) std::fprintf(stderr, "\r\033[K");

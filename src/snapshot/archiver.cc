@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 #include <liburing.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -923,6 +925,72 @@ Result<BackupSummary> Backup(Repository& repo, const BackupOptions& opts,
                              const std::function<void(const BackupProgress&)>& progress) {
   Run run(repo, opts, progress);
   return run.Go();
+}
+
+MetadataPrefetch::MetadataPrefetch(const std::vector<std::string>& paths, int threads) {
+  for (const auto& p : paths) {
+    struct stat st{};
+    if (::lstat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) dirs_.push_back(p);
+  }
+  if (dirs_.empty()) return;
+  for (int i = 0; i < std::max(1, threads); ++i) threads_.emplace_back([this] { Run(); });
+}
+
+MetadataPrefetch::~MetadataPrefetch() {
+  {
+    std::lock_guard l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+void MetadataPrefetch::WaitDone() {
+  std::unique_lock l(mu_);
+  cv_.wait(l, [&] { return stop_ || (dirs_.empty() && busy_ == 0); });
+}
+
+void MetadataPrefetch::Run() {
+  // Below normal priority (Linux nice values are per thread): this only saves waiting later, so it
+  // must not slow the password's key derivation it runs beside when the cache is already warm.
+  ::setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), 10);
+  std::vector<std::string> found;
+  for (;;) {
+    std::string dir;
+    {
+      std::unique_lock l(mu_);
+      cv_.wait(l, [&] { return stop_ || !dirs_.empty() || busy_ == 0; });
+      if (stop_ || dirs_.empty()) {  // stopped, or nothing left and nobody listing
+        cv_.notify_all();
+        return;
+      }
+      dir = std::move(dirs_.back());
+      dirs_.pop_back();
+      ++busy_;
+    }
+    found.clear();
+    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (DIR* d = fd >= 0 ? ::fdopendir(fd) : nullptr) {
+      while (!stop_.load(std::memory_order_relaxed)) {
+        const dirent* e = ::readdir(d);
+        if (!e) break;
+        if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
+        struct stat st{};
+        if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+        entries_.fetch_add(1, std::memory_order_relaxed);
+        if (S_ISDIR(st.st_mode)) found.push_back(dir + "/" + e->d_name);
+      }
+      ::closedir(d);
+    } else if (fd >= 0) {
+      ::close(fd);
+    }
+    {
+      std::lock_guard l(mu_);
+      for (auto& f : found) dirs_.push_back(std::move(f));
+      --busy_;
+    }
+    cv_.notify_all();
+  }
 }
 
 }  // namespace dumont::snapshot

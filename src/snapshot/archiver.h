@@ -8,9 +8,13 @@
 // Engines never print: progress goes to a callback.
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -61,5 +65,32 @@ struct BackupSummary {
 
 Result<BackupSummary> Backup(Repository& repo, const BackupOptions& opts,
                              const std::function<void(const BackupProgress&)>& progress = nullptr);
+
+// Lists and stats the trees under `paths` on background threads until destroyed (or done), only to
+// bring their directory entries and inodes into the kernel's caches. Opening a repository takes
+// ~0.2 s of CPU (the password's argon2id, the index); on a cold cache the walk that follows waits
+// on the disk for most of an unchanged re-backup. Started before Repository::Open and destroyed
+// right before Backup, it lets the two overlap. It reads no file content, follows no symlinks,
+// ignores excludes and errors, and stops within one directory entry of being destroyed.
+class MetadataPrefetch {
+ public:
+  explicit MetadataPrefetch(const std::vector<std::string>& paths, int threads = 4);
+  ~MetadataPrefetch();
+  MetadataPrefetch(const MetadataPrefetch&) = delete;
+  MetadataPrefetch& operator=(const MetadataPrefetch&) = delete;
+  // Waits until every directory has been listed (tests), or returns at once when stopped.
+  void WaitDone();
+  uint64_t entries() const { return entries_.load(); }  // stat-ed so far
+
+ private:
+  void Run();
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::string> dirs_;  // to list
+  int busy_ = 0;                   // threads listing a directory
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> entries_{0};
+  std::vector<std::thread> threads_;
+};
 
 }  // namespace dumont::snapshot

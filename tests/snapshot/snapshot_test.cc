@@ -676,6 +676,41 @@ TEST_F(RepoTest, ProgressTotalsComeFromTheWalkAndEndExact) {
 
 // A large file reports its bytes as they are read, not only when it is done: the status line of a
 // backup dominated by multi-GB weight files stood still for seconds at a time.
+// The metadata prefetch lists and stats every entry of the trees it is given (and nothing else:
+// no symlink is followed, a file given as a path is not listed), finishes on its own, and a
+// prefetch destroyed mid-walk returns without finishing.
+TEST(MetadataPrefetchTest, StatsEveryEntryFollowsNoSymlinkAndStopsWhenDestroyed) {
+  TempDir dir;
+  size_t expected = 0;
+  for (int d = 0; d < 12; ++d) {
+    std::string sub = dir / ("ws/d" + std::to_string(d) + "/inner");
+    fs::create_directories(sub);
+    expected += 2;  // dN and dN/inner
+    for (int f = 0; f < 25; ++f) WriteFile(sub + "/f" + std::to_string(f), "x");
+    expected += 25;
+  }
+  for (int f = 0; f < 40; ++f) WriteFile(dir / ("outside/o" + std::to_string(f)), "y");
+  fs::create_symlink(dir / "outside", dir / "ws/link-to-outside");
+  ++expected;  // the link itself, not what it points to
+  {
+    MetadataPrefetch p({dir / "ws", dir / "outside/o0", dir / "missing"}, 3);
+    p.WaitDone();
+    EXPECT_EQ(p.entries(), expected);
+  }
+  {
+    MetadataPrefetch one({dir / "ws"}, 1);
+    one.WaitDone();
+    EXPECT_EQ(one.entries(), expected);
+  }
+  // Destroyed at once: the destructor stops the threads (if the walk finished first, it joins them).
+  uint64_t seen = 0;
+  {
+    MetadataPrefetch p({dir.path()}, 2);
+    seen = p.entries();
+  }
+  EXPECT_LE(seen, expected + 42);
+}
+
 TEST_F(RepoTest, ProgressAdvancesWithinALargeFile) {
   auto repo = OpenRepo();
   std::string big = dir_ / "big.bin";
