@@ -153,6 +153,14 @@ bool FastParseIndex(std::string_view text, std::unordered_map<Id, BlobLocation, 
   return ok && j.AtEnd();
 }
 
+// Version 3: the checksum in a pack's trailer, the XXH3-128 of its blobs (canonical, big-endian).
+XXH128_canonical_t BlobsChecksum(std::string_view blobs) {
+  XXH128_canonical_t sum;
+  XXH128_canonicalFromHash(&sum, XXH3_128bits(blobs.data(), blobs.size()));
+  static_assert(sizeof sum.digest == kPackChecksumSize);
+  return sum;
+}
+
 }  // namespace
 
 std::string Rfc3339(int64_t t) {
@@ -544,9 +552,7 @@ Status Repository::SealAndQueueLocked(std::unique_lock<std::mutex>& lock, std::s
     // authenticate every byte.
     Id pack_id;
     if (version >= 3) {
-      XXH128_canonical_t sum;
-      XXH128_canonicalFromHash(&sum, XXH3_128bits(pack->data.data(), body_len));
-      static_assert(sizeof sum.digest == kPackChecksumSize);
+      XXH128_canonical_t sum = BlobsChecksum(std::string_view(pack->data).substr(0, body_len));
       pack->data.append(reinterpret_cast<const char*>(sum.digest), kPackChecksumSize);
       pack->data.append(reinterpret_cast<const char*>(&hlen), 4);
       pack_id = Sha256(std::string_view(pack->data).substr(body_len));
@@ -624,9 +630,7 @@ Result<std::vector<PackHeaderEntry>> ParsePackHeader(const MasterKey& key, const
   }
   return out;
 }
-}  // namespace
 
-namespace {
 // The header length in a pack's trailer, checked against the pack's size. Errors name the pack.
 Result<uint32_t> HeaderLength(const std::string& name, std::string_view trailer_end, uint64_t pack_size, int version) {
   const size_t trailer = PackTrailerSize(version);
@@ -696,8 +700,7 @@ Status VerifyPackBytes(const Id& id, std::string_view pack, int version) {
   if (Sha256(pack.substr(data_len)) != id) {
     return Status::Corruption("pack " + name + " is damaged: its header or trailer does not match its name");
   }
-  XXH128_canonical_t sum;
-  XXH128_canonicalFromHash(&sum, XXH3_128bits(pack.data(), data_len));
+  XXH128_canonical_t sum = BlobsChecksum(pack.substr(0, data_len));
   if (std::memcmp(sum.digest, pack.data() + data_len + *hlen, kPackChecksumSize) != 0) {
     return Status::Corruption("pack " + name + " is damaged: its blobs do not match the checksum in its trailer");
   }
