@@ -41,8 +41,10 @@ namespace dumont::snapshot {
 // copying them through an aligned bounce buffer) and backed by huge pages (common/big_alloc.h).
 using PackBuffer = std::basic_string<char, std::char_traits<char>, BigAllocator<char>>;
 
-// 2: blobs are sealed with their index entry as GCM associated data (BlobAad). 1 is still read
-// and written (its blobs have no associated data).
+// 3: a pack is named by the SHA-256 of its header and trailer; the trailer carries the XXH3-128 of
+// its blobs (VerifyPackBytes). 2: blobs are sealed with their index entry as GCM associated data
+// (BlobAad); packs are named by the SHA-256 of all their bytes. 1 (no associated data) and 2 are
+// still read and written: a repository keeps the version it was created with.
 inline constexpr int kRepoVersion = 3;
 inline constexpr int kOldestRepoVersion = 1;
 

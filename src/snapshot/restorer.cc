@@ -139,12 +139,15 @@ class RangePool {
     Lease(RangePool& p, size_t want) : p_(p) {
       {
         std::lock_guard l(p_.mu_);
-        size_t best = p_.free_.size();
+        // The smallest string that holds the range; if none does, the smallest of all is regrown
+        // (the larger ones are likelier to fit the next ranges).
+        size_t best = p_.free_.size(), smallest = p_.free_.size();
         for (size_t i = 0; i < p_.free_.size(); ++i) {
           size_t cap = p_.free_[i].capacity();
           if (cap >= want && (best == p_.free_.size() || cap < p_.free_[best].capacity())) best = i;
+          if (smallest == p_.free_.size() || cap < p_.free_[smallest].capacity()) smallest = i;
         }
-        if (best == p_.free_.size() && !p_.free_.empty()) best = 0;  // none holds it: grow one
+        if (best == p_.free_.size()) best = smallest;
         if (best < p_.free_.size()) {
           s_ = std::move(p_.free_[best]);
           p_.free_[best] = std::move(p_.free_.back());
