@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -65,17 +66,24 @@ class LocalProvider final : public Provider {
   Result<Machine> Create(const MachineSpec& spec) override {
     if (!ValidLabel(spec.label)) return Err(Status::InvalidArgument("invalid machine label '" + spec.label + "'"));
     std::string dir = o_.root + "/" + spec.label;
-    if (fs::exists(dir + "/machine.json")) {
-      auto m = Load(spec.label);
-      if (m && m->state != MachineState::kTerminated) return m;
-    }
-    std::error_code ec;
-    fs::create_directories(dir + "/workspace", ec);
-    fs::create_directories(dir + "/agent", ec);
-    if (ec) return Err(Status::IOError("cannot create machine directory " + dir + ": " + ec.message()));
+    if (fs::exists(dir + "/machine.json")) return Load(spec.label);  // created already (or a damaged file, named)
     json meta = {{"label", spec.label}, {"offer_id", spec.offer_id.empty() ? "local-1" : spec.offer_id},
                  {"price_per_hour", o_.price_per_hour}, {"env", spec.env}, {"stopped", false}};
-    DUMONT_RETURN_IF_ERROR(WriteMeta(dir, meta));
+    // Built under a private name and renamed into place with its machine.json, so a kill at any
+    // moment leaves either nothing under the label or a complete machine that List shows (and the
+    // fleet's orphan sweep adopts or destroys): a bare directory was invisible to both. A bare
+    // directory already there (left by an older dumontd) is removed first.
+    std::string tmp = Scratch(kCreating, spec.label);
+    std::error_code ec;
+    KillAgent(dir);
+    fs::remove_all(dir, ec);
+    fs::remove_all(tmp, ec);
+    fs::create_directories(tmp + "/workspace", ec);
+    fs::create_directories(tmp + "/agent", ec);
+    if (ec) return Err(Status::IOError("cannot create machine directory " + tmp + ": " + ec.message()));
+    DUMONT_RETURN_IF_ERROR(WriteMeta(tmp, meta));
+    fs::rename(tmp, dir, ec);
+    if (ec) return Err(Status::IOError("cannot create machine directory " + dir + ": " + ec.message()));
     DUMONT_RETURN_IF_ERROR(SpawnAgent(dir, meta));
     return Load(spec.label);
   }
@@ -87,12 +95,24 @@ class LocalProvider final : public Provider {
 
   Result<std::vector<Machine>> ListByLabelPrefix(const std::string& prefix) override {
     std::vector<Machine> out;
+    std::vector<std::string> debris;
     std::error_code ec;
     for (auto it = fs::directory_iterator(o_.root, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
       std::string name = it->path().filename().string();
+      if (IsStaleScratch(name)) {
+        debris.push_back(it->path().string());
+        continue;
+      }
       if (name.rfind(prefix, 0) != 0) continue;
       auto m = Load(name);
       if (m) out.push_back(*m);
+      // No machine.json under a label: left by a Create or Destroy killed before this layout.
+      else if (m.error().code() == Code::kNotFound && ValidLabel(name)) debris.push_back(it->path().string());
+    }
+    // Removed after the listing (not while iterating the directory).
+    for (const auto& d : debris) {
+      KillAgent(d);
+      fs::remove_all(d, ec);
     }
     return out;
   }
@@ -125,13 +145,35 @@ class LocalProvider final : public Provider {
     std::string dir = o_.root + "/" + id;
     if (!fs::exists(dir)) return Status::Ok();
     KillAgent(dir);
+    // Renamed away first, so a kill during the removal leaves no half machine under the label.
+    std::string trash = Scratch(kDestroying, id);
     std::error_code ec;
-    fs::remove_all(dir, ec);
+    fs::remove_all(trash, ec);
+    fs::rename(dir, trash, ec);
     if (ec) return Status::IOError("cannot remove machine directory " + dir + ": " + ec.message());
+    fs::remove_all(trash, ec);
+    if (ec) return Status::IOError("cannot remove machine directory " + trash + ": " + ec.message());
     return Status::Ok();
   }
 
  private:
+  static constexpr const char* kCreating = ".creating-";
+  static constexpr const char* kDestroying = ".destroying-";
+  // A private directory of this process for a machine being created or destroyed:
+  // <root>/.creating-<pid>-<label> or <root>/.destroying-<pid>-<label>.
+  std::string Scratch(const char* kind, const std::string& label) const {
+    return o_.root + "/" + kind + std::to_string(::getpid()) + "-" + label;
+  }
+  // Whether `name` is such a directory of a process that no longer runs (killed mid-way).
+  static bool IsStaleScratch(const std::string& name) {
+    for (const char* kind : {kCreating, kDestroying}) {
+      std::string k = kind;
+      if (name.rfind(k, 0) != 0) continue;
+      pid_t pid = static_cast<pid_t>(std::atol(name.c_str() + k.size()));
+      return pid > 0 && pid != ::getpid() && !Alive(pid);
+    }
+    return false;
+  }
   static Status WriteMeta(const std::string& dir, const json& meta) {
     std::string tmp = dir + "/machine.json.tmp";
     {

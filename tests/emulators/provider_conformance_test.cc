@@ -14,6 +14,8 @@
 // through the provider under test, not the emulator's destructor) and then checks that no process whose
 // environment points into the test's directory is left.
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -1081,6 +1083,52 @@ TEST_P(ProviderConformance, WrongCredentialsAreUnauthenticatedAndNeverLeak) {
   refused(bad->Destroy(h_->UnknownId()), "Destroy");  // never "gone is success" without asking
   EXPECT_EQ(h_->LiveMachines(), 0);
   EXPECT_EQ(h_->Backoffs(), backoffs) << "a refused credential is not retried";
+}
+
+// A local machine appears under its label only complete (with machine.json), and what a dumontd
+// killed mid-create or mid-destroy left behind (a bare labelled directory, or a private scratch
+// directory of a dead process) is cleaned up by the next listing instead of lingering unseen: the
+// fleet's orphan sweep lists machines, and a bare directory was invisible to it.
+TEST(LocalProvider, DebrisOfAKilledCreateOrDestroyIsRemovedAndNeverListed) {
+  if (!HaveAgent()) GTEST_SKIP() << "no dumont-agent (set DUMONT_TEST_AGENT)";
+  const fs::path root = fs::temp_directory_path() / NewId("dumont-local-");
+  struct Cleanup {
+    fs::path p;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove_all(p, ec);
+    }
+  } cleanup{root};
+  pid_t dead = ::fork();
+  if (dead == 0) _exit(0);
+  ASSERT_GT(dead, 0);
+  ::waitpid(dead, nullptr, 0);
+  const std::string d = std::to_string(dead), me = std::to_string(::getpid());
+  fs::create_directories(root / "dc-bare-1" / "workspace");                       // create killed before machine.json
+  fs::create_directories(root / (".creating-" + d + "-dc-half-1") / "agent");    // create killed before the rename
+  fs::create_directories(root / (".destroying-" + d + "-dc-gone-1") / "agent");  // destroy killed mid-removal
+  fs::create_directories(root / (".creating-" + me + "-dc-busy-1"));             // a live process's: kept
+  auto p = provider::NewLocalProvider({.root = root.string(), .agent_path = AgentPath(), .price_per_hour = 0});
+  auto listed = p->ListByLabelPrefix("dc-");
+  ASSERT_TRUE(listed) << listed.error().ToString();
+  EXPECT_TRUE(listed->empty());
+  EXPECT_FALSE(fs::exists(root / "dc-bare-1"));
+  EXPECT_FALSE(fs::exists(root / (".creating-" + d + "-dc-half-1")));
+  EXPECT_FALSE(fs::exists(root / (".destroying-" + d + "-dc-gone-1")));
+  EXPECT_TRUE(fs::exists(root / (".creating-" + me + "-dc-busy-1")));
+
+  // Created over a bare directory: a complete machine, listed; destroyed: nothing left at all.
+  fs::create_directories(root / "dc-bare-2" / "workspace");
+  auto m = p->Create({.label = "dc-bare-2"});
+  ASSERT_TRUE(m) << m.error().ToString();
+  EXPECT_TRUE(fs::exists(root / "dc-bare-2" / "machine.json"));
+  listed = p->ListByLabelPrefix("dc-bare-2");
+  ASSERT_TRUE(listed) << listed.error().ToString();
+  ASSERT_EQ(listed->size(), 1u);
+  ASSERT_TRUE(p->Destroy(m->id).ok());
+  size_t left = 0;
+  for (const auto& e : fs::directory_iterator(root)) left += e.path().filename().string().find("dc-bare-2") != std::string::npos;
+  EXPECT_EQ(left, 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Providers, ProviderConformance, ::testing::Values("sim", "local", "vast", "runpod", "gce"),
