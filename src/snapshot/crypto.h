@@ -54,8 +54,10 @@ Id Sha256(std::string_view data);
 struct KdfParams {
   uint64_t opslimit;
   uint64_t memlimit;
-  std::string salt;  // 16 bytes
+  std::string salt;    // 16 bytes
+  uint32_t lanes = 1;  // argon2 parallelism; key files without "lanes" (written before it) use 1
 };
+inline constexpr uint32_t kMaxKdfLanes = 16;
 KdfParams DefaultKdfParams(bool fast_for_tests);
 Result<std::array<uint8_t, 32>> DeriveKey(std::string_view password, const KdfParams& p);
 

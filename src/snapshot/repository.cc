@@ -181,7 +181,77 @@ Repository::Repository(std::unique_ptr<Backend> b) : backend_(std::move(b)) {
   uploaders_ = std::make_unique<ThreadPool>(static_cast<size_t>(std::max(1, backend_->Connections())));
 }
 
-Repository::~Repository() { uploaders_->Stop(); }
+// ---- files fetched while the key is derived (StartFileFetch)
+
+struct Repository::FileFetch {
+  static constexpr FileType kTypes[2] = {FileType::kIndex, FileType::kSnapshot};
+  static constexpr int64_t kMaxBytes = int64_t{256} << 20;  // fetched copies held at once, at most
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done[2] = {false, false};
+  std::map<std::string, std::string> files[2];  // name -> sealed bytes
+};
+
+Repository::~Repository() {
+  if (fetch_) fetch_->stop = true;
+  if (fetch_thread_.joinable()) fetch_thread_.join();
+  uploaders_->Stop();
+}
+
+void Repository::StartFileFetch() {
+  auto f = std::make_shared<FileFetch>();
+  fetch_ = f;
+  Backend* b = backend_.get();
+  size_t parallel = static_cast<size_t>(std::clamp(b->Connections(), 1, 8));
+  fetch_thread_ = std::thread([f, b, parallel] {
+    int64_t budget = FileFetch::kMaxBytes;
+    for (int i = 0; i < 2; ++i) {
+      std::map<std::string, std::string> got;
+      auto listed = f->stop ? std::nullopt : std::optional(b->List(FileFetch::kTypes[i]));
+      if (listed && *listed) {
+        std::vector<std::string> names;  // within the budget; the rest are loaded when needed
+        for (const auto& fi : **listed) {
+          if (fi.size > budget) break;
+          budget -= fi.size;
+          names.push_back(fi.name);
+        }
+        std::atomic<size_t> next{0};
+        std::mutex got_mu;
+        auto work = [&] {
+          for (size_t k; !f->stop && (k = next++) < names.size();) {
+            auto data = b->Load({FileFetch::kTypes[i], names[k]});
+            if (!data) continue;  // loaded again, and its error reported, by whoever needs it
+            std::lock_guard l(got_mu);
+            got.emplace(names[k], std::move(*data));
+          }
+        };
+        std::vector<std::thread> helpers;
+        for (size_t n = 1; n < std::min(parallel, names.size()); ++n) helpers.emplace_back(work);
+        work();
+        for (auto& t : helpers) t.join();
+      }
+      {
+        std::lock_guard l(f->mu);
+        f->files[i] = std::move(got);
+        f->done[i] = true;
+      }
+      f->cv.notify_all();
+    }
+  });
+}
+
+std::optional<std::string> Repository::TakeFetched(const Handle& h) {
+  int i = h.type == FileType::kIndex ? 0 : h.type == FileType::kSnapshot ? 1 : -1;
+  if (i < 0 || !fetch_) return std::nullopt;
+  std::unique_lock l(fetch_->mu);
+  fetch_->cv.wait(l, [&] { return fetch_->done[i]; });
+  auto it = fetch_->files[i].find(h.name);
+  if (it == fetch_->files[i].end()) return std::nullopt;
+  std::string data = std::move(it->second);
+  fetch_->files[i].erase(it);
+  return data;
+}
 
 // ---- files: plaintext = 1 byte (0 raw, 1 zstd) + payload, sealed; name = SHA-256 of stored bytes.
 
@@ -216,7 +286,8 @@ Result<json> Repository::LoadJsonFile(const Handle& h) {
 
 Result<std::string> Repository::LoadJsonText(const Handle& h) {
   std::string what = ObjectPath(h);
-  auto sealed = backend_->Load(h);
+  auto fetched = TakeFetched(h);
+  auto sealed = fetched ? Result<std::string>(std::move(*fetched)) : backend_->Load(h);
   if (!sealed) return Err(sealed.error().Annotate("reading " + what));
   if (h.type != FileType::kLock && IdHex(Sha256(*sealed)) != h.name) {
     return Err(Status::Corruption(what + " is damaged: its content does not match its name"));
@@ -244,6 +315,7 @@ Result<std::string> MakeKeyFile(const MasterKey& mk, std::string_view password, 
              {"kdf", "argon2id"},
              {"opslimit", p.opslimit},
              {"memlimit", p.memlimit},
+             {"lanes", p.lanes},
              {"salt", B64(p.salt)},
              {"created", Rfc3339(NowUnix())},
              {"hostname", Hostname()},
@@ -294,6 +366,7 @@ Result<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<Backend> ba
     }
     return Err(cfg_sealed.error().Annotate("opening repository " + where));
   }
+  if (load_index) r->StartFileFetch();  // while the key is derived
   auto keys = r->backend_->List(FileType::kKey);
   if (!keys) return Err(keys.error());
   if (keys->empty()) return Err(Status::Corruption("repository " + where + " has no key files (keys/ is empty)"));
@@ -311,6 +384,10 @@ Result<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<Backend> ba
     }
     p.opslimit = kf["opslimit"];
     p.memlimit = kf["memlimit"];
+    if (kf.contains("lanes")) {  // absent in key files written before it: one lane
+      if (!kf["lanes"].is_number_unsigned() || kf["lanes"].get<uint64_t>() > kMaxKdfLanes) continue;
+      p.lanes = kf["lanes"].get<uint32_t>();
+    }
     auto k = DeriveKey(password, p);
     if (!k) continue;
     auto master_text = OpenWith(k->data(), data);

@@ -21,6 +21,7 @@
 
 #include <gtest/gtest.h>
 #include <sodium.h>
+#include <argon2.h>
 #include <zstd.h>
 
 #include "common/random.h"
@@ -316,6 +317,31 @@ TEST(Crypto, KdfMatchesLibsodiumsArgon2id) {
   }
   KdfParams bad{crypto_pwhash_OPSLIMIT_MIN, crypto_pwhash_MEMLIMIT_MIN, "short"};
   EXPECT_FALSE(DeriveKey("pw", bad));
+}
+
+// Several lanes: what the Argon2 reference computes with one thread per lane, whatever number of
+// threads fills them here; a different key from one lane; lane counts out of range are refused.
+TEST(Crypto, KdfLanesMatchTheReferenceAndChangeTheKey) {
+  const std::string password = "correct horse";
+  for (uint32_t lanes : {2u, 4u}) {
+    KdfParams p{2, 1 << 20, RandomBytes(16), lanes};
+    auto ours = DeriveKey(password, p);
+    ASSERT_TRUE(ours) << ours.error().ToString();
+    std::array<uint8_t, 32> want{};
+    ASSERT_EQ(argon2id_hash_raw(2, (1 << 20) / 1024, lanes, password.data(), password.size(), p.salt.data(), p.salt.size(),
+                                want.data(), want.size()),
+              ARGON2_OK);
+    EXPECT_EQ(*ours, want) << lanes << " lanes";
+    KdfParams one = p;
+    one.lanes = 1;
+    EXPECT_NE(*DeriveKey(password, one), *ours) << lanes << " lanes";
+  }
+  EXPECT_EQ(DefaultKdfParams(false).lanes, 2u);
+  for (uint32_t bad : {0u, kMaxKdfLanes + 1}) {
+    auto r = DeriveKey(password, KdfParams{2, 1 << 20, RandomBytes(16), bad});
+    ASSERT_FALSE(r) << bad << " lanes";
+    EXPECT_EQ(r.error().code(), Code::kCorruption);
+  }
 }
 
 // Sealing, opening and content ids keep per-thread OpenSSL state keyed once; switching between
@@ -1541,6 +1567,145 @@ TEST_F(RepoTest, FailedUploadsLeaveARepositoryThatChecksAndTheNextBackupFinishes
   auto clean = Check(*OpenRepo(), true);
   EXPECT_TRUE(clean->errors.empty());
   EXPECT_TRUE(clean->warnings.empty());
+}
+
+// New key files record their lanes; a key file without "lanes" (written before it existed) is a
+// one-lane key and still opens; a lane count that does not match the key file's derivation does not.
+TEST_F(RepoTest, KeyFilesRecordTheirLanesAndOlderOneLaneKeyFilesStillOpen) {
+  OpenRepo();
+  auto backend = NewLocalBackend(repo_dir_);
+  auto keys = backend->List(FileType::kKey);
+  ASSERT_TRUE(keys && keys->size() == 1u);
+  std::string name = keys->front().name;
+  auto kf = nlohmann::json::parse(*backend->Load({FileType::kKey, name}));
+  ASSERT_EQ(kf["lanes"], 2);
+  std::string salt, sealed;
+  ASSERT_TRUE(Base64UrlDecode(kf["salt"].get<std::string>(), &salt));
+  ASSERT_TRUE(Base64UrlDecode(kf["data"].get<std::string>(), &sealed));
+  KdfParams p{kf["opslimit"], kf["memlimit"], salt, 2};
+  auto two = DeriveKey("pw", p);
+  ASSERT_TRUE(two);
+  auto master = OpenWith(two->data(), sealed);
+  ASSERT_TRUE(master) << "the key file's data does not open with its own parameters";
+  auto write_key = [&](const nlohmann::json& j) {
+    ASSERT_TRUE(backend->Remove({FileType::kKey, name}).ok());
+    std::string text = j.dump(2);
+    name = IdHex(Sha256(text));
+    ASSERT_TRUE(backend->Save({FileType::kKey, name, true}, text).ok());
+  };
+  // The same master key under a one-lane derivation, without the field: an older key file.
+  p.lanes = 1;
+  auto one = DeriveKey("pw", p);
+  ASSERT_TRUE(one);
+  std::string resealed = SealWith(one->data(), *master);
+  kf["data"] = Base64UrlEncode(resealed);
+  kf.erase("lanes");
+  write_key(kf);
+  EXPECT_TRUE(Repository::Open(NewLocalBackend(repo_dir_), "pw")) << "a key file without lanes did not open";
+  kf["lanes"] = 2;  // now claims two lanes but was derived with one
+  write_key(kf);
+  auto wrong = Repository::Open(NewLocalBackend(repo_dir_), "pw");
+  ASSERT_FALSE(wrong);
+  EXPECT_EQ(wrong.error().code(), Code::kUnauthenticated);
+  kf["lanes"] = 1000;  // out of range: never derived with
+  write_key(kf);
+  EXPECT_FALSE(Repository::Open(NewLocalBackend(repo_dir_), "pw"));
+  kf["lanes"] = 1;
+  write_key(kf);
+  EXPECT_TRUE(Repository::Open(NewLocalBackend(repo_dir_), "pw"));
+}
+
+// Counts the loads of each index and snapshot file, and lets a test wait for them.
+class LoadCountingBackend final : public Backend {
+ public:
+  explicit LoadCountingBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
+  std::map<std::string, int> loads() {
+    std::lock_guard l(mu_);
+    return loads_;
+  }
+  bool WaitForLoads(size_t names) {
+    std::unique_lock l(mu_);
+    return cv_.wait_for(l, std::chrono::seconds(30), [&] { return loads_.size() >= names; });
+  }
+  std::string Location() const override { return inner_->Location(); }
+  int Connections() const override { return inner_->Connections(); }
+  Status Create() override { return inner_->Create(); }
+  Status Save(const Handle& h, std::string_view data) override { return inner_->Save(h, data); }
+  Result<std::string> Load(const Handle& h, int64_t offset = 0, int64_t length = 0) override {
+    auto r = inner_->Load(h, offset, length);
+    if (h.type == FileType::kIndex || h.type == FileType::kSnapshot) {
+      std::lock_guard l(mu_);
+      ++loads_[ObjectPath(h)];
+      cv_.notify_all();
+    }
+    return r;
+  }
+  Result<FileInfo> Stat(const Handle& h) override { return inner_->Stat(h); }
+  Status Remove(const Handle& h) override { return inner_->Remove(h); }
+  Result<std::vector<FileInfo>> List(FileType t) override { return inner_->List(t); }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, int> loads_;
+};
+
+// Open loads the index and snapshot files while it derives the key. Each is still loaded once,
+// still verified, and a snapshot removed after it was fetched is not listed: the listing decides.
+TEST_F(RepoTest, FilesFetchedDuringOpenAreLoadedOnceVerifiedAndNeverOutliveTheirListing) {
+  {
+    auto repo = OpenRepo();
+    for (int i = 0; i < 3; ++i) {
+      WriteFile(src_ + "/data/round.txt", "round " + std::to_string(i));
+      MustBackup(*repo);
+    }
+  }
+  auto plain = OpenRepo()->ListSnapshots();
+  ASSERT_TRUE(plain && plain->size() == 3u);
+  size_t index_files = NewLocalBackend(repo_dir_)->List(FileType::kIndex)->size();
+  ASSERT_GE(index_files, 3u);
+
+  auto counting = std::make_unique<LoadCountingBackend>(NewLocalBackend(repo_dir_));
+  LoadCountingBackend* cb = counting.get();
+  auto repo = Repository::Open(std::move(counting), "pw");
+  ASSERT_TRUE(repo) << repo.error().ToString();
+  auto listed = (*repo)->ListSnapshots();
+  ASSERT_TRUE(listed);
+  ASSERT_EQ(listed->size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ((*listed)[i].first, (*plain)[i].first);
+    EXPECT_EQ((*listed)[i].second.tree, (*plain)[i].second.tree);
+  }
+  auto loads = cb->loads();
+  EXPECT_EQ(loads.size(), index_files + 3);
+  for (const auto& [path, n] : loads) EXPECT_EQ(n, 1) << path << " was loaded " << n << " times";
+  EXPECT_GT((*repo)->IndexedBlobs(), 0u);
+
+  // Fetched, then removed by another process: the next listing does not contain it.
+  auto counting2 = std::make_unique<LoadCountingBackend>(NewLocalBackend(repo_dir_));
+  LoadCountingBackend* cb2 = counting2.get();
+  auto repo2 = Repository::Open(std::move(counting2), "pw");
+  ASSERT_TRUE(repo2);
+  ASSERT_TRUE(cb2->WaitForLoads(index_files + 3)) << "the snapshot files were not fetched";
+  Id gone = (*plain)[1].first;
+  ASSERT_TRUE(NewLocalBackend(repo_dir_)->Remove({FileType::kSnapshot, IdHex(gone)}).ok());
+  auto after = (*repo2)->ListSnapshots();
+  ASSERT_TRUE(after);
+  ASSERT_EQ(after->size(), 2u);
+  for (const auto& [id, m] : *after) EXPECT_NE(id, gone);
+
+  // A damaged snapshot file is named whether or not its copy was fetched.
+  Id damaged = (*plain)[2].first;
+  std::string path = repo_dir_ + "/" + ObjectPath({FileType::kSnapshot, IdHex(damaged)});
+  std::string bytes = ReadFile(path);
+  bytes[bytes.size() / 2] ^= 1;
+  ::chmod(path.c_str(), 0600);
+  WriteFile(path, bytes);
+  auto broken = OpenRepo()->ListSnapshots();
+  ASSERT_FALSE(broken);
+  EXPECT_NE(broken.error().message().find(IdHex(damaged)), std::string::npos) << broken.error().message();
+  EXPECT_NE(broken.error().message().find("damaged"), std::string::npos) << broken.error().message();
 }
 
 TEST_F(RepoTest, ChangePasswordReplacesTheKey) {
