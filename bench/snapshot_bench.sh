@@ -24,6 +24,8 @@
 #   BENCH_RGW_ALLOCATOR   tcmalloc (default, what upstream Ceph links) or libc (Debian 12's build: glibc
 #                         malloc; radosgw then spends ~4x the CPU per GB served on this VM's page faults)
 #   BENCH_S3_SECTION      key of the S3 results in the JSON file (default "s3"), e.g. "s3_rgw_nagle"
+#   BENCH_UNCHANGED_RUNS  unchanged re-backups per tool, interleaved; the median is reported (odd,
+#                 default 3: one ~1 s run moves 20-30 % with this VM's speed)
 #   BENCH_DIR     scratch directory for workspaces, repositories and restores (default /tmp/dumont-bench)
 #   BENCH_KEEP    1 = keep BENCH_DIR at the end (default: delete it)
 #   BENCH_SEED    generator seed (default 1)
@@ -44,6 +46,7 @@ OUT="${BENCH_OUT:-$ROOT/bench/results/snapshot.json}"
 DUMONT="${DUMONT_BIN:-$ROOT/build/bin/dumont}"
 RESTIC="${RESTIC_BIN:-$(command -v restic || true)}"
 MUTATE_PERCENT=2
+UNCHANGED_RUNS="${BENCH_UNCHANGED_RUNS:-3}"
 MUTATE_SEED=7
 S3_MUTATE_SEED=8
 RUN_LOCAL="${SNAPSHOT_BENCH_LOCAL:-1}"
@@ -68,6 +71,7 @@ for s in $SIZES; do
   [[ "$s" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "BENCH_SIZES: '$s' is not a number of GB"
 done
 case "$BDIR" in /|"") die "BENCH_DIR must not be '$BDIR'";; esac
+[[ "$UNCHANGED_RUNS" =~ ^[0-9]+$ ]] && [ $((UNCHANGED_RUNS % 2)) -eq 1 ] || die "BENCH_UNCHANGED_RUNS must be an odd number (1, 3, 5...), not '$UNCHANGED_RUNS'"
 case "$RUN_LOCAL" in 0|1) ;; *) die "SNAPSHOT_BENCH_LOCAL must be 0 or 1, not '$RUN_LOCAL'";; esac
 case "$S3_TCP_NODELAY" in 0|1) ;; *) die "BENCH_RGW_TCP_NODELAY must be 0 or 1, not '$S3_TCP_NODELAY'";; esac
 case "$S3_ALLOCATOR" in tcmalloc|libc) ;; *) die "BENCH_RGW_ALLOCATOR must be tcmalloc or libc, not '$S3_ALLOCATOR'";; esac
@@ -328,8 +332,12 @@ s3_leg() {
   timed "s3/$size/restic/backup" "$sd/s3-restic-backup.jsonl" "$RESTIC" "${rargs[@]}" --repo "$rr_" --json backup "$ws"
   summary "s3/$size/restic/backup" "$sd/s3-restic-backup.jsonl"
 
-  timed "s3/$size/dumont/unchanged" "$sd/s3-dumont-unchanged.jsonl" "$DUMONT" snapshot --repo "$rd_" --json backup "$ws"
-  timed "s3/$size/restic/unchanged" "$sd/s3-restic-unchanged.jsonl" "$RESTIC" "${rargs[@]}" --repo "$rr_" --json backup "$ws"
+  local k sfx
+  for k in $(seq 1 "$UNCHANGED_RUNS"); do  # "#k" steps: repeats, reduced to their median
+    sfx=""; [ "$k" -eq 1 ] || sfx="#$k"
+    timed "s3/$size/dumont/unchanged$sfx" "$sd/s3-dumont-unchanged$k.jsonl" "$DUMONT" snapshot --repo "$rd_" --json backup "$ws"
+    timed "s3/$size/restic/unchanged$sfx" "$sd/s3-restic-unchanged$k.jsonl" "$RESTIC" "${rargs[@]}" --repo "$rr_" --json backup "$ws"
+  done
 
   log "mutating $MUTATE_PERCENT % of the files (seed $S3_MUTATE_SEED)"
   "$PY" "$GEN" --mutate "$ws" --percent "$MUTATE_PERCENT" --seed "$S3_MUTATE_SEED" > "$sd/s3-mutate.json"
@@ -402,8 +410,11 @@ for size in $SIZES; do
   summary "$size/restic/backup" "$sd/restic-backup.jsonl"
 
   # (a2) unchanged re-backup: nothing changed since the first backup
-  timed "$size/dumont/unchanged" "$sd/dumont-unchanged.jsonl" "$DUMONT" snapshot --repo "$sd/repo-dumont" --json backup "$ws"
-  timed "$size/restic/unchanged" "$sd/restic-unchanged.jsonl" "$RESTIC" --repo "$sd/repo-restic" --json backup "$ws"
+  for k in $(seq 1 "$UNCHANGED_RUNS"); do  # "#k" steps: repeats, reduced to their median
+    sfx=""; [ "$k" -eq 1 ] || sfx="#$k"
+    timed "$size/dumont/unchanged$sfx" "$sd/dumont-unchanged$k.jsonl" "$DUMONT" snapshot --repo "$sd/repo-dumont" --json backup "$ws"
+    timed "$size/restic/unchanged$sfx" "$sd/restic-unchanged$k.jsonl" "$RESTIC" --repo "$sd/repo-restic" --json backup "$ws"
+  done
 
   # (b) incremental backup after mutating the workspace
   log "mutating $MUTATE_PERCENT % of the files (seed $MUTATE_SEED)"
@@ -451,13 +462,24 @@ COMMIT="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" \
 DIRTY="$(git -C "$ROOT" status --porcelain -- src app CMakeLists.txt 2>/dev/null | grep -q . && echo true || echo false)" \
 RESTIC_VERSION="$("$RESTIC" version | head -n1)" FS="$(df -PT "$BDIR" | awk 'NR==2 {print $2" on "$1}')" \
 CACHE_DROPPED="$CACHE_DROPPED" CACHE_NOTE="$CACHE_NOTE" SIZES="$SIZES" SEED="$SEED" \
-RUN_LOCAL="$RUN_LOCAL" S3_RAN="$S3_RAN" S3_SIZES="$S3_SIZES" S3_MUTATE_SEED="$S3_MUTATE_SEED" \
+UNCHANGED_RUNS="$UNCHANGED_RUNS" RUN_LOCAL="$RUN_LOCAL" S3_RAN="$S3_RAN" S3_SIZES="$S3_SIZES" S3_MUTATE_SEED="$S3_MUTATE_SEED" \
 S3_RESTIC_ARGS="$S3_RESTIC_ARGS" LOAD_AT_START="$LOAD_AT_START" S3_TCP_NODELAY="$S3_TCP_NODELAY" S3_ALLOCATOR="$S3_ALLOCATOR" S3_SECTION="$S3_SECTION" \
 "$PY" - "$RAW" "$OUT" <<'EOF'
 import datetime, json, os, sys
 raw, out = sys.argv[1:]
 rows = [json.loads(l) for l in open(raw) if l.strip()]
-steps = {r["step"]: r for r in rows}
+# A step repeated as NAME, NAME#2, NAME#3... is the run with the median wall time, with every run's
+# wall time in "runs_wall_s".
+groups = {}
+for r in rows:
+    groups.setdefault(r["step"].split("#")[0], []).append(r)
+steps = {}
+for base, rs in groups.items():
+    if len(rs) == 1:
+        steps[base] = rs[0]
+        continue
+    by_wall = sorted(rs, key=lambda x: x["wall_s"])
+    steps[base] = dict(by_wall[len(by_wall) // 2], step=base, runs_wall_s=[x["wall_s"] for x in rs])
 try:
     old = json.load(open(out))
 except (OSError, ValueError):
@@ -485,6 +507,7 @@ if os.environ["RUN_LOCAL"] == "1":
             entry[tool] = {
                 "backup_s": b["wall_s"], "backup_cpu_s": cpu(b), "backup_max_rss_kb": b["max_rss_kb"],
                 "unchanged_s": steps[f"{size}/{tool}/unchanged"]["wall_s"],
+                "unchanged_runs_s": steps[f"{size}/{tool}/unchanged"].get("runs_wall_s", [steps[f"{size}/{tool}/unchanged"]["wall_s"]]),
                 "incremental_s": i["wall_s"], "incremental_cpu_s": cpu(i), "incremental_max_rss_kb": i["max_rss_kb"],
                 "restore_s": r["wall_s"], "restore_cpu_s": cpu(r), "restore_max_rss_kb": r["max_rss_kb"],
                 "repo_bytes": steps[f"{size}/{tool}/repo"]["repo_bytes"],
@@ -517,7 +540,7 @@ if os.environ["RUN_LOCAL"] == "1":
         },
         "method": {
             "generator": "gen_workspace.py --seed %s --jobs 2" % os.environ["SEED"],
-            "unchanged": "a second backup with nothing changed",
+            "unchanged": "a backup with nothing changed since the first, %s times per tool, interleaved; unchanged_s is the median run, unchanged_runs_s all of them" % os.environ["UNCHANGED_RUNS"],
             "incremental": "gen_workspace.py --mutate --percent %s --seed 7" % os.environ.get("MUTATE_PERCENT", "2"),
             "speedup": "restic time / dumont time (>1: dumont faster)",
             "repo_size_ratio": "dumont bytes / restic bytes (<1: dumont smaller), du -sb after both snapshots",
@@ -553,6 +576,7 @@ if os.environ["S3_RAN"] == "true":
                 t[f"{k}_kernel_threads_cpu_s"] = round(min(other, st.get("kthreads_cpu_s", 0.0) + st.get("irq_cpu_s", 0.0)), 2)
                 t[f"{k}_other_processes_cpu_s"] = max(0.0, round(other - t[f"{k}_kernel_threads_cpu_s"], 2))
                 t[f"{k}_loadavg"] = st["loadavg"]
+            t["unchanged_runs_s"] = steps[f"s3/{size}/{tool}/unchanged"].get("runs_wall_s", [t["unchanged_s"]])
             t["backup_MBps"] = round(ws["bytes"] / 1e6 / t["backup_s"], 1)
             t["restore_MBps"] = round(rbytes / 1e6 / t["restore_s"], 1)
             sy = steps[f"s3/{size}/{tool}/restore/sync"]["wall_s"]
@@ -588,7 +612,7 @@ if os.environ["S3_RAN"] == "true":
             "endpoint": "http://127.0.0.1:PORT (plain HTTP, path-style, SigV4), one bucket per tool",
         },
         "method": {
-            "steps": "first backup, unchanged re-backup, backup after gen_workspace.py --mutate --percent 2 --seed %s, full restore (verified like the local leg); dumont then restic at every step" % os.environ["S3_MUTATE_SEED"],
+            "steps": "first backup, unchanged re-backup (%s runs per tool, interleaved; the median, all in unchanged_runs_s), backup after gen_workspace.py --mutate --percent 2 --seed %s, full restore (verified like the local leg); dumont then restic at every step" % (os.environ["UNCHANGED_RUNS"], os.environ["S3_MUTATE_SEED"]),
             "workspace": "the same generated workspace; when the local leg ran first it is already mutated once (seed 7)",
             "local_leg_ran_first": os.environ["RUN_LOCAL"] == "1",
             "client_cpu_s": "user+sys of the tool's process (/usr/bin/time)",
@@ -624,7 +648,7 @@ if os.environ["RUN_LOCAL"] == "1":
             ("first backup, s", d["backup_s"], r["backup_s"], q["backup_speedup"]),
             ("first backup CPU (user+sys), s", d["backup_cpu_s"], r["backup_cpu_s"], round(r["backup_cpu_s"] / d["backup_cpu_s"], 2)),
             ("first backup max RSS, MB", round(d["backup_max_rss_kb"] / 1024), round(r["backup_max_rss_kb"] / 1024), round(r["backup_max_rss_kb"] / d["backup_max_rss_kb"], 2)),
-            ("unchanged re-backup, s", d["unchanged_s"], r["unchanged_s"], q["unchanged_speedup"]),
+            ("unchanged re-backup (median), s", d["unchanged_s"], r["unchanged_s"], q["unchanged_speedup"]),
             ("incremental (mutate 2 %), s", d["incremental_s"], r["incremental_s"], q["incremental_speedup"]),
             ("restore, s", d["restore_s"], r["restore_s"], q["restore_speedup"]),
             ("restore, MB/s", d["restore_MBps"], r["restore_MBps"], round(d["restore_MBps"] / r["restore_MBps"], 2)),
@@ -649,7 +673,7 @@ if s3_results:
             ("first backup client CPU, s (cores)", f"{d['backup_client_cpu_s']} ({d['backup_client_cores']})", f"{r['backup_client_cpu_s']} ({r['backup_client_cores']})", q["backup_client_cpu_ratio"]),
             ("first backup server CPU (osd+rgw+mon), s", sv(d, "backup"), sv(r, "backup"), round(sv(r, "backup") / sv(d, "backup"), 2)),
             ("first backup max RSS, MB", round(d["backup_max_rss_kb"] / 1024), round(r["backup_max_rss_kb"] / 1024), round(r["backup_max_rss_kb"] / d["backup_max_rss_kb"], 2)),
-            ("unchanged re-backup, s", d["unchanged_s"], r["unchanged_s"], q["unchanged_speedup"]),
+            ("unchanged re-backup (median), s", d["unchanged_s"], r["unchanged_s"], q["unchanged_speedup"]),
             ("unchanged re-backup client CPU, s", d["unchanged_client_cpu_s"], r["unchanged_client_cpu_s"], round(r["unchanged_client_cpu_s"] / d["unchanged_client_cpu_s"], 2)),
             ("incremental (mutate 2 %), s", d["incremental_s"], r["incremental_s"], q["incremental_speedup"]),
             ("restore, s", d["restore_s"], r["restore_s"], q["restore_speedup"]),
