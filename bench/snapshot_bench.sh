@@ -109,6 +109,9 @@ RGW_STATE="$BDIR/rgw-state"
 cleanup() {
   local rc=$?
   if [ -f "$RGW_STATE/dir" ]; then bash "$HARNESS" stop "$RGW_STATE" >/dev/null 2>&1 || true; fi
+  if [ $rc -ne 0 ] && [ -s "${RAW:-}" ]; then  # the measurements so far outlive a failed run
+    cp "$RAW" "${OUT%.json}.failed-run.jsonl" && log "the steps measured so far: ${OUT%.json}.failed-run.jsonl"
+  fi
   if [ "$KEEP" = "1" ]; then
     log "BENCH_KEEP=1: leaving $BDIR in place"
   else
@@ -470,14 +473,13 @@ raw, out = sys.argv[1:]
 rows = [json.loads(l) for l in open(raw) if l.strip()]
 # A step repeated as NAME, NAME#2, NAME#3... is the run with the median wall time, with every run's
 # wall time in "runs_wall_s".
-groups = {}
+steps = {r["step"]: r for r in rows}
+repeats = {}
 for r in rows:
-    groups.setdefault(r["step"].split("#")[0], []).append(r)
-steps = {}
-for base, rs in groups.items():
-    if len(rs) == 1:
-        steps[base] = rs[0]
-        continue
+    if "#" in r["step"]:
+        repeats.setdefault(r["step"].split("#")[0], []).append(r)
+for base, rs in repeats.items():
+    rs = [steps[base]] + rs
     by_wall = sorted(rs, key=lambda x: x["wall_s"])
     steps[base] = dict(by_wall[len(by_wall) // 2], step=base, runs_wall_s=[x["wall_s"] for x in rs])
 try:
