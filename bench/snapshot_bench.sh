@@ -26,6 +26,8 @@
 #   BENCH_S3_SECTION      key of the S3 results in the JSON file (default "s3"), e.g. "s3_rgw_nagle"
 #   BENCH_UNCHANGED_RUNS  unchanged re-backups per tool, interleaved; the median is reported (odd,
 #                 default 3: one ~1 s run moves 20-30 % with this VM's speed)
+#   BENCH_INCREMENTAL_RUNS  backups after a 2 % mutation per tool (default 3): mutate (seeds 7, 107,
+#                 207... locally; 8, 108... on S3), dumont, restic, repeat; the median is reported
 #   BENCH_DIR     scratch directory for workspaces, repositories and restores (default /tmp/dumont-bench)
 #   BENCH_KEEP    1 = keep BENCH_DIR at the end (default: delete it)
 #   BENCH_SEED    generator seed (default 1)
@@ -47,6 +49,7 @@ DUMONT="${DUMONT_BIN:-$ROOT/build/bin/dumont}"
 RESTIC="${RESTIC_BIN:-$(command -v restic || true)}"
 MUTATE_PERCENT=2
 UNCHANGED_RUNS="${BENCH_UNCHANGED_RUNS:-3}"
+INCREMENTAL_RUNS="${BENCH_INCREMENTAL_RUNS:-3}"
 MUTATE_SEED=7
 S3_MUTATE_SEED=8
 RUN_LOCAL="${SNAPSHOT_BENCH_LOCAL:-1}"
@@ -72,6 +75,7 @@ for s in $SIZES; do
 done
 case "$BDIR" in /|"") die "BENCH_DIR must not be '$BDIR'";; esac
 [[ "$UNCHANGED_RUNS" =~ ^[0-9]+$ ]] && [ $((UNCHANGED_RUNS % 2)) -eq 1 ] || die "BENCH_UNCHANGED_RUNS must be an odd number (1, 3, 5...), not '$UNCHANGED_RUNS'"
+[[ "$INCREMENTAL_RUNS" =~ ^[0-9]+$ ]] && [ $((INCREMENTAL_RUNS % 2)) -eq 1 ] || die "BENCH_INCREMENTAL_RUNS must be an odd number (1, 3, 5...), not '$INCREMENTAL_RUNS'"
 case "$RUN_LOCAL" in 0|1) ;; *) die "SNAPSHOT_BENCH_LOCAL must be 0 or 1, not '$RUN_LOCAL'";; esac
 case "$S3_TCP_NODELAY" in 0|1) ;; *) die "BENCH_RGW_TCP_NODELAY must be 0 or 1, not '$S3_TCP_NODELAY'";; esac
 case "$S3_ALLOCATOR" in tcmalloc|libc) ;; *) die "BENCH_RGW_ALLOCATOR must be tcmalloc or libc, not '$S3_ALLOCATOR'";; esac
@@ -342,12 +346,15 @@ s3_leg() {
     timed "s3/$size/restic/unchanged$sfx" "$sd/s3-restic-unchanged$k.jsonl" "$RESTIC" "${rargs[@]}" --repo "$rr_" --json backup "$ws"
   done
 
-  log "mutating $MUTATE_PERCENT % of the files (seed $S3_MUTATE_SEED)"
-  "$PY" "$GEN" --mutate "$ws" --percent "$MUTATE_PERCENT" --seed "$S3_MUTATE_SEED" > "$sd/s3-mutate.json"
-  timed "s3/$size/dumont/incremental" "$sd/s3-dumont-incr.jsonl" "$DUMONT" snapshot --repo "$rd_" --json backup "$ws"
-  summary "s3/$size/dumont/incremental" "$sd/s3-dumont-incr.jsonl"
-  timed "s3/$size/restic/incremental" "$sd/s3-restic-incr.jsonl" "$RESTIC" "${rargs[@]}" --repo "$rr_" --json backup "$ws"
-  summary "s3/$size/restic/incremental" "$sd/s3-restic-incr.jsonl"
+  for k in $(seq 1 "$INCREMENTAL_RUNS"); do  # each run after its own 2 % mutation; "#k": repeats
+    sfx=""; [ "$k" -eq 1 ] || sfx="#$k"
+    log "mutating $MUTATE_PERCENT % of the files (seed $((S3_MUTATE_SEED + 100 * (k - 1))))"
+    "$PY" "$GEN" --mutate "$ws" --percent "$MUTATE_PERCENT" --seed "$((S3_MUTATE_SEED + 100 * (k - 1)))" > "$sd/s3-mutate$k.json"
+    timed "s3/$size/dumont/incremental$sfx" "$sd/s3-dumont-incr$k.jsonl" "$DUMONT" snapshot --repo "$rd_" --json backup "$ws"
+    [ "$k" -gt 1 ] || summary "s3/$size/dumont/incremental" "$sd/s3-dumont-incr$k.jsonl"
+    timed "s3/$size/restic/incremental$sfx" "$sd/s3-restic-incr$k.jsonl" "$RESTIC" "${rargs[@]}" --repo "$rr_" --json backup "$ws"
+    [ "$k" -gt 1 ] || summary "s3/$size/restic/incremental" "$sd/s3-restic-incr$k.jsonl"
+  done
   local rbytes
   rbytes=$(find "$ws" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f", s}')
   echo "{\"step\":\"s3/$size/restore_bytes\",\"bytes\":$rbytes}" >> "$RAW"
@@ -420,12 +427,15 @@ for size in $SIZES; do
   done
 
   # (b) incremental backup after mutating the workspace
-  log "mutating $MUTATE_PERCENT % of the files (seed $MUTATE_SEED)"
-  "$PY" "$GEN" --mutate "$ws" --percent "$MUTATE_PERCENT" --seed "$MUTATE_SEED" > "$sd/mutate.json"
-  timed "$size/dumont/incremental" "$sd/dumont-incr.jsonl" "$DUMONT" snapshot --repo "$sd/repo-dumont" --json backup "$ws"
-  summary "$size/dumont/incremental" "$sd/dumont-incr.jsonl"
-  timed "$size/restic/incremental" "$sd/restic-incr.jsonl" "$RESTIC" --repo "$sd/repo-restic" --json backup "$ws"
-  summary "$size/restic/incremental" "$sd/restic-incr.jsonl"
+  for k in $(seq 1 "$INCREMENTAL_RUNS"); do  # each run after its own 2 % mutation; "#k": repeats
+    sfx=""; [ "$k" -eq 1 ] || sfx="#$k"
+    log "mutating $MUTATE_PERCENT % of the files (seed $((MUTATE_SEED + 100 * (k - 1))))"
+    "$PY" "$GEN" --mutate "$ws" --percent "$MUTATE_PERCENT" --seed "$((MUTATE_SEED + 100 * (k - 1)))" > "$sd/mutate$k.json"
+    timed "$size/dumont/incremental$sfx" "$sd/dumont-incr$k.jsonl" "$DUMONT" snapshot --repo "$sd/repo-dumont" --json backup "$ws"
+    [ "$k" -gt 1 ] || summary "$size/dumont/incremental" "$sd/dumont-incr$k.jsonl"
+    timed "$size/restic/incremental$sfx" "$sd/restic-incr$k.jsonl" "$RESTIC" --repo "$sd/repo-restic" --json backup "$ws"
+    [ "$k" -gt 1 ] || summary "$size/restic/incremental" "$sd/restic-incr$k.jsonl"
+  done
   rbytes=$(find "$ws" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f", s}')
   echo "{\"step\":\"$size/restore_bytes\",\"bytes\":$rbytes}" >> "$RAW"
 
@@ -465,7 +475,7 @@ COMMIT="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" \
 DIRTY="$(git -C "$ROOT" status --porcelain -- src app CMakeLists.txt 2>/dev/null | grep -q . && echo true || echo false)" \
 RESTIC_VERSION="$("$RESTIC" version | head -n1)" FS="$(df -PT "$BDIR" | awk 'NR==2 {print $2" on "$1}')" \
 CACHE_DROPPED="$CACHE_DROPPED" CACHE_NOTE="$CACHE_NOTE" SIZES="$SIZES" SEED="$SEED" \
-UNCHANGED_RUNS="$UNCHANGED_RUNS" RUN_LOCAL="$RUN_LOCAL" S3_RAN="$S3_RAN" S3_SIZES="$S3_SIZES" S3_MUTATE_SEED="$S3_MUTATE_SEED" \
+UNCHANGED_RUNS="$UNCHANGED_RUNS" INCREMENTAL_RUNS="$INCREMENTAL_RUNS" RUN_LOCAL="$RUN_LOCAL" S3_RAN="$S3_RAN" S3_SIZES="$S3_SIZES" S3_MUTATE_SEED="$S3_MUTATE_SEED" \
 S3_RESTIC_ARGS="$S3_RESTIC_ARGS" LOAD_AT_START="$LOAD_AT_START" S3_TCP_NODELAY="$S3_TCP_NODELAY" S3_ALLOCATOR="$S3_ALLOCATOR" S3_SECTION="$S3_SECTION" \
 "$PY" - "$RAW" "$OUT" <<'EOF'
 import datetime, json, os, sys
@@ -518,7 +528,8 @@ if os.environ["RUN_LOCAL"] == "1":
                 "restore_sync_s": steps[f"{size}/{tool}/restore/sync"]["wall_s"],
                 "restore_incl_sync_MBps": round(rbytes / 1e6 / (r["wall_s"] + steps[f"{size}/{tool}/restore/sync"]["wall_s"]), 1),
                 "backup_summary": steps[f"{size}/{tool}/backup/summary"]["summary"],
-                "incremental_summary": steps[f"{size}/{tool}/incremental/summary"]["summary"],
+                "incremental_summary": steps[f"{size}/{tool}/incremental/summary"]["summary"],  # the first run's
+                "incremental_runs_s": steps[f"{size}/{tool}/incremental"].get("runs_wall_s", [i["wall_s"]]),
             }
         d, r = entry["dumont"], entry["restic"]
         entry["ratios"] = {
@@ -543,7 +554,7 @@ if os.environ["RUN_LOCAL"] == "1":
         "method": {
             "generator": "gen_workspace.py --seed %s --jobs 2" % os.environ["SEED"],
             "unchanged": "a backup with nothing changed since the first, %s times per tool, interleaved; unchanged_s is the median run, unchanged_runs_s all of them" % os.environ["UNCHANGED_RUNS"],
-            "incremental": "gen_workspace.py --mutate --percent %s --seed 7" % os.environ.get("MUTATE_PERCENT", "2"),
+            "incremental": "gen_workspace.py --mutate --percent %s --seed 7 (then 107, 207...), then a backup by each tool; %s times; incremental_s is the median run, incremental_runs_s all of them, incremental_summary the first run's" % (os.environ.get("MUTATE_PERCENT", "2"), os.environ["INCREMENTAL_RUNS"]),
             "speedup": "restic time / dumont time (>1: dumont faster)",
             "repo_size_ratio": "dumont bytes / restic bytes (<1: dumont smaller), du -sb after both snapshots",
             "restore_MBps": "bytes of the restored (mutated) workspace / restore wall time, 1 MB = 1e6 bytes",
@@ -579,6 +590,7 @@ if os.environ["S3_RAN"] == "true":
                 t[f"{k}_other_processes_cpu_s"] = max(0.0, round(other - t[f"{k}_kernel_threads_cpu_s"], 2))
                 t[f"{k}_loadavg"] = st["loadavg"]
             t["unchanged_runs_s"] = steps[f"s3/{size}/{tool}/unchanged"].get("runs_wall_s", [t["unchanged_s"]])
+            t["incremental_runs_s"] = steps[f"s3/{size}/{tool}/incremental"].get("runs_wall_s", [t["incremental_s"]])
             t["backup_MBps"] = round(ws["bytes"] / 1e6 / t["backup_s"], 1)
             t["restore_MBps"] = round(rbytes / 1e6 / t["restore_s"], 1)
             sy = steps[f"s3/{size}/{tool}/restore/sync"]["wall_s"]
@@ -614,8 +626,8 @@ if os.environ["S3_RAN"] == "true":
             "endpoint": "http://127.0.0.1:PORT (plain HTTP, path-style, SigV4), one bucket per tool",
         },
         "method": {
-            "steps": "first backup, unchanged re-backup (%s runs per tool, interleaved; the median, all in unchanged_runs_s), backup after gen_workspace.py --mutate --percent 2 --seed %s, full restore (verified like the local leg); dumont then restic at every step" % (os.environ["UNCHANGED_RUNS"], os.environ["S3_MUTATE_SEED"]),
-            "workspace": "the same generated workspace; when the local leg ran first it is already mutated once (seed 7)",
+            "steps": "first backup, unchanged re-backup (%s runs per tool, interleaved; the median, all in unchanged_runs_s), backup after gen_workspace.py --mutate --percent 2 --seed %s (%s runs, each after its own mutation, seeds +100 each; the median), full restore (verified like the local leg); dumont then restic at every step" % (os.environ["UNCHANGED_RUNS"], os.environ["S3_MUTATE_SEED"], os.environ["INCREMENTAL_RUNS"]),
+            "workspace": "the same generated workspace; when the local leg ran first it is already mutated by it (seeds 7, 107...)",
             "local_leg_ran_first": os.environ["RUN_LOCAL"] == "1",
             "client_cpu_s": "user+sys of the tool's process (/usr/bin/time)",
             "client_cores": "client_cpu_s / wall_s",
@@ -651,7 +663,7 @@ if os.environ["RUN_LOCAL"] == "1":
             ("first backup CPU (user+sys), s", d["backup_cpu_s"], r["backup_cpu_s"], round(r["backup_cpu_s"] / d["backup_cpu_s"], 2)),
             ("first backup max RSS, MB", round(d["backup_max_rss_kb"] / 1024), round(r["backup_max_rss_kb"] / 1024), round(r["backup_max_rss_kb"] / d["backup_max_rss_kb"], 2)),
             ("unchanged re-backup (median), s", d["unchanged_s"], r["unchanged_s"], q["unchanged_speedup"]),
-            ("incremental (mutate 2 %), s", d["incremental_s"], r["incremental_s"], q["incremental_speedup"]),
+            ("incremental (mutate 2 %, median), s", d["incremental_s"], r["incremental_s"], q["incremental_speedup"]),
             ("restore, s", d["restore_s"], r["restore_s"], q["restore_speedup"]),
             ("restore, MB/s", d["restore_MBps"], r["restore_MBps"], round(d["restore_MBps"] / r["restore_MBps"], 2)),
             ("restore + sync, MB/s", d["restore_incl_sync_MBps"], r["restore_incl_sync_MBps"], round(d["restore_incl_sync_MBps"] / r["restore_incl_sync_MBps"], 2)),
@@ -677,7 +689,7 @@ if s3_results:
             ("first backup max RSS, MB", round(d["backup_max_rss_kb"] / 1024), round(r["backup_max_rss_kb"] / 1024), round(r["backup_max_rss_kb"] / d["backup_max_rss_kb"], 2)),
             ("unchanged re-backup (median), s", d["unchanged_s"], r["unchanged_s"], q["unchanged_speedup"]),
             ("unchanged re-backup client CPU, s", d["unchanged_client_cpu_s"], r["unchanged_client_cpu_s"], round(r["unchanged_client_cpu_s"] / d["unchanged_client_cpu_s"], 2)),
-            ("incremental (mutate 2 %), s", d["incremental_s"], r["incremental_s"], q["incremental_speedup"]),
+            ("incremental (mutate 2 %, median), s", d["incremental_s"], r["incremental_s"], q["incremental_speedup"]),
             ("restore, s", d["restore_s"], r["restore_s"], q["restore_speedup"]),
             ("restore, MB/s", d["restore_MBps"], r["restore_MBps"], round(d["restore_MBps"] / r["restore_MBps"], 2)),
             ("restore + sync, MB/s", d["restore_incl_sync_MBps"], r["restore_incl_sync_MBps"], round(d["restore_incl_sync_MBps"] / r["restore_incl_sync_MBps"], 2)),
