@@ -28,7 +28,9 @@
 #                          in fresh receive buffers: 16 CPU-s instead of 4 for a 4 GB restore. The
 #                          harness preloads the libtcmalloc.so.4 that Debian's radosgw package already
 #                          depends on (libgoogle-perftools4), so the server behaves like upstream's.
-set -euo pipefail
+set -Eeuo pipefail
+# A command that fails under set -e says so, instead of the harness exiting without a word.
+trap 'echo "rgw_harness: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 unset AWS_CA_BUNDLE   # ceph/radosgw tools do not need it and some S3 tools choke on it
 cmd=${1:?usage: rgw_harness.sh start|stop STATE_DIR}
 state=${2:?usage: rgw_harness.sh start|stop STATE_DIR}
@@ -113,8 +115,12 @@ do_start() {
   case $ALLOCATOR in
     libc) ;;
     tcmalloc)
-      PRELOAD=$(/sbin/ldconfig -p 2>/dev/null | awk '$1 == "libtcmalloc.so.4" && /x86-64|x86_64|64bit/ {print $NF; exit}')
-      [ -n "$PRELOAD" ] || PRELOAD=$(ls /usr/lib/*/libtcmalloc.so.4 2>/dev/null | head -n 1)
+      # awk reads all of ldconfig's output (no early exit): ldconfig -p prints more than a pipe
+      # holds, and under pipefail its SIGPIPE made this start fail, silently, about 1 time in 20.
+      PRELOAD=$(/sbin/ldconfig -p 2>/dev/null | awk '!found && $1 == "libtcmalloc.so.4" && /x86-64|x86_64|64bit/ {print $NF; found = 1}') || PRELOAD=""
+      if [ -z "$PRELOAD" ]; then
+        for PRELOAD in /usr/lib/*/libtcmalloc.so.4 ""; do [ -f "$PRELOAD" ] && break; done
+      fi
       [ -n "$PRELOAD" ] && [ -f "$PRELOAD" ] \
         || { log "RGW_ALLOCATOR=tcmalloc but libtcmalloc.so.4 is not installed (apt-get install -y libgoogle-perftools4, or RGW_ALLOCATOR=libc)"; exit 1; } ;;
     *) log "RGW_ALLOCATOR must be tcmalloc or libc, not '$ALLOCATOR'"; exit 1 ;;
