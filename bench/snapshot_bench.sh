@@ -237,6 +237,26 @@ EOF
   log "$name: $(tail -n 1 "$RAW")"
 }
 
+# repeated_backups PREFIX KIND RUNS SEED WS LOG_BASE DUMONT_REPO RESTIC_REPO [RESTIC_OPTION...]
+# RUNS backups of WS by each tool, interleaved, as steps PREFIX/TOOL/KIND, KIND#2, KIND#3... (the
+# results keep the median run). With a SEED, each pair runs after its own 2 % mutation of WS (seeds
+# SEED, SEED + 100, ...) and the first pair's summaries are kept.
+repeated_backups() {
+  local prefix="$1" kind="$2" runs="$3" seed="$4" ws="$5" logb="$6" drepo="$7" rrepo="$8" k sfx
+  shift 8
+  for k in $(seq 1 "$runs"); do
+    sfx=""; [ "$k" -eq 1 ] || sfx="#$k"
+    if [ -n "$seed" ]; then
+      log "mutating $MUTATE_PERCENT % of the files (seed $((seed + 100 * (k - 1))))"
+      "$PY" "$GEN" --mutate "$ws" --percent "$MUTATE_PERCENT" --seed "$((seed + 100 * (k - 1)))" > "$logb-mutate$k.json"
+    fi
+    timed "$prefix/dumont/$kind$sfx" "$logb-dumont-$kind$k.jsonl" "$DUMONT" snapshot --repo "$drepo" --json backup "$ws"
+    [ -z "$seed" ] || [ "$k" -gt 1 ] || summary "$prefix/dumont/$kind" "$logb-dumont-$kind$k.jsonl"
+    timed "$prefix/restic/$kind$sfx" "$logb-restic-$kind$k.jsonl" "$RESTIC" "$@" --repo "$rrepo" --json backup "$ws"
+    [ -z "$seed" ] || [ "$k" -gt 1 ] || summary "$prefix/restic/$kind" "$logb-restic-$kind$k.jsonl"
+  done
+}
+
 # summary NAME LOGFILE: keep the tool's own JSON summary line (last line with message_type summary).
 summary() {
   "$PY" - "$1" "$2" >> "$RAW" <<'EOF2'
@@ -339,22 +359,8 @@ s3_leg() {
   timed "s3/$size/restic/backup" "$sd/s3-restic-backup.jsonl" "$RESTIC" "${rargs[@]}" --repo "$rr_" --json backup "$ws"
   summary "s3/$size/restic/backup" "$sd/s3-restic-backup.jsonl"
 
-  local k sfx
-  for k in $(seq 1 "$UNCHANGED_RUNS"); do  # "#k" steps: repeats, reduced to their median
-    sfx=""; [ "$k" -eq 1 ] || sfx="#$k"
-    timed "s3/$size/dumont/unchanged$sfx" "$sd/s3-dumont-unchanged$k.jsonl" "$DUMONT" snapshot --repo "$rd_" --json backup "$ws"
-    timed "s3/$size/restic/unchanged$sfx" "$sd/s3-restic-unchanged$k.jsonl" "$RESTIC" "${rargs[@]}" --repo "$rr_" --json backup "$ws"
-  done
-
-  for k in $(seq 1 "$INCREMENTAL_RUNS"); do  # each run after its own 2 % mutation; "#k": repeats
-    sfx=""; [ "$k" -eq 1 ] || sfx="#$k"
-    log "mutating $MUTATE_PERCENT % of the files (seed $((S3_MUTATE_SEED + 100 * (k - 1))))"
-    "$PY" "$GEN" --mutate "$ws" --percent "$MUTATE_PERCENT" --seed "$((S3_MUTATE_SEED + 100 * (k - 1)))" > "$sd/s3-mutate$k.json"
-    timed "s3/$size/dumont/incremental$sfx" "$sd/s3-dumont-incr$k.jsonl" "$DUMONT" snapshot --repo "$rd_" --json backup "$ws"
-    [ "$k" -gt 1 ] || summary "s3/$size/dumont/incremental" "$sd/s3-dumont-incr$k.jsonl"
-    timed "s3/$size/restic/incremental$sfx" "$sd/s3-restic-incr$k.jsonl" "$RESTIC" "${rargs[@]}" --repo "$rr_" --json backup "$ws"
-    [ "$k" -gt 1 ] || summary "s3/$size/restic/incremental" "$sd/s3-restic-incr$k.jsonl"
-  done
+  repeated_backups "s3/$size" unchanged "$UNCHANGED_RUNS" "" "$ws" "$sd/s3" "$rd_" "$rr_" "${rargs[@]}"
+  repeated_backups "s3/$size" incremental "$INCREMENTAL_RUNS" "$S3_MUTATE_SEED" "$ws" "$sd/s3" "$rd_" "$rr_" "${rargs[@]}"
   local rbytes
   rbytes=$(find "$ws" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f", s}')
   echo "{\"step\":\"s3/$size/restore_bytes\",\"bytes\":$rbytes}" >> "$RAW"
@@ -420,22 +426,10 @@ for size in $SIZES; do
   summary "$size/restic/backup" "$sd/restic-backup.jsonl"
 
   # (a2) unchanged re-backup: nothing changed since the first backup
-  for k in $(seq 1 "$UNCHANGED_RUNS"); do  # "#k" steps: repeats, reduced to their median
-    sfx=""; [ "$k" -eq 1 ] || sfx="#$k"
-    timed "$size/dumont/unchanged$sfx" "$sd/dumont-unchanged$k.jsonl" "$DUMONT" snapshot --repo "$sd/repo-dumont" --json backup "$ws"
-    timed "$size/restic/unchanged$sfx" "$sd/restic-unchanged$k.jsonl" "$RESTIC" --repo "$sd/repo-restic" --json backup "$ws"
-  done
+  repeated_backups "$size" unchanged "$UNCHANGED_RUNS" "" "$ws" "$sd/local" "$sd/repo-dumont" "$sd/repo-restic"
 
   # (b) incremental backup after mutating the workspace
-  for k in $(seq 1 "$INCREMENTAL_RUNS"); do  # each run after its own 2 % mutation; "#k": repeats
-    sfx=""; [ "$k" -eq 1 ] || sfx="#$k"
-    log "mutating $MUTATE_PERCENT % of the files (seed $((MUTATE_SEED + 100 * (k - 1))))"
-    "$PY" "$GEN" --mutate "$ws" --percent "$MUTATE_PERCENT" --seed "$((MUTATE_SEED + 100 * (k - 1)))" > "$sd/mutate$k.json"
-    timed "$size/dumont/incremental$sfx" "$sd/dumont-incr$k.jsonl" "$DUMONT" snapshot --repo "$sd/repo-dumont" --json backup "$ws"
-    [ "$k" -gt 1 ] || summary "$size/dumont/incremental" "$sd/dumont-incr$k.jsonl"
-    timed "$size/restic/incremental$sfx" "$sd/restic-incr$k.jsonl" "$RESTIC" --repo "$sd/repo-restic" --json backup "$ws"
-    [ "$k" -gt 1 ] || summary "$size/restic/incremental" "$sd/restic-incr$k.jsonl"
-  done
+  repeated_backups "$size" incremental "$INCREMENTAL_RUNS" "$MUTATE_SEED" "$ws" "$sd/local" "$sd/repo-dumont" "$sd/repo-restic"
   rbytes=$(find "$ws" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f", s}')
   echo "{\"step\":\"$size/restore_bytes\",\"bytes\":$rbytes}" >> "$RAW"
 
