@@ -1,6 +1,19 @@
 #include "common/thread_pool.h"
 
+#include <algorithm>
+
 namespace dumont {
+
+void ParallelFor(size_t count, size_t threads, const std::function<void(size_t)>& fn) {
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t k; (k = next++) < count;) fn(k);
+  };
+  std::vector<std::thread> helpers;
+  for (size_t t = 1; t < std::min(threads, count); ++t) helpers.emplace_back(work);
+  work();
+  for (auto& t : helpers) t.join();
+}
 
 ThreadPool::ThreadPool(size_t threads) {
   if (threads == 0) threads = 1;

@@ -12,6 +12,10 @@
 
 namespace dumont {
 
+// Calls fn(0) .. fn(count - 1), each once, on up to `threads` threads: the caller's and
+// min(threads, count) - 1 started for the call. Returns when every call has returned.
+void ParallelFor(size_t count, size_t threads, const std::function<void(size_t)>& fn);
+
 class ThreadPool {
  public:
   explicit ThreadPool(size_t threads);

@@ -35,40 +35,33 @@ Result<RepairIndexResult> RepairIndex(Repository& repo, const std::function<void
   RepairIndexResult r;
   std::map<Id, std::vector<std::pair<Id, BlobLocation>>> by_pack;
   std::mutex mu;
-  std::atomic<size_t> next{0};
-  auto work = [&] {
-    for (size_t i = next++; i < packs->size(); i = next++) {
-      const FileInfo& f = (*packs)[i];
-      Id pack;
-      auto header = ParseId(f.name, &pack) ? LoadPackHeader(repo.backend(), repo.key(), f.name, f.size, repo.config().version)
-                                           : Result<std::vector<PackHeaderEntry>>(Err(Status::Corruption("'" + f.name + "' is not a pack name")));
-      std::lock_guard l(mu);
-      if (!header) {
-        r.unreadable.push_back(header.error().message());
-        continue;
-      }
-      auto& blobs = by_pack[pack];
-      for (const auto& e : *header) {
-        BlobLocation loc;
-        loc.pack = pack;
-        loc.type = e.type;
-        loc.offset = e.offset;
-        loc.length = e.length;
-        loc.raw_length = e.raw_length;
-        loc.compression = e.compression;
-        blobs.emplace_back(e.id, loc);
-      }
-      ++r.packs;
-      r.blobs += header->size();
-      if (progress && r.packs % 100 == 0) progress("read " + std::to_string(r.packs) + " of " + std::to_string(packs->size()) + " pack headers");
-    }
-  };
   // Each header is one or two small ranged reads: run as many as the backend allows, up to 16.
   size_t n = std::clamp<size_t>(static_cast<size_t>(repo.backend().Connections()), 1, 16);
-  std::vector<std::thread> threads;
-  for (size_t t = 1; t < n; ++t) threads.emplace_back(work);
-  work();
-  for (auto& t : threads) t.join();
+  ParallelFor(packs->size(), n, [&](size_t i) {
+    const FileInfo& f = (*packs)[i];
+    Id pack;
+    auto header = ParseId(f.name, &pack) ? LoadPackHeader(repo.backend(), repo.key(), f.name, f.size, repo.config().version)
+                                         : Result<std::vector<PackHeaderEntry>>(Err(Status::Corruption("'" + f.name + "' is not a pack name")));
+    std::lock_guard l(mu);
+    if (!header) {
+      r.unreadable.push_back(header.error().message());
+      return;
+    }
+    auto& blobs = by_pack[pack];
+    for (const auto& e : *header) {
+      BlobLocation loc;
+      loc.pack = pack;
+      loc.type = e.type;
+      loc.offset = e.offset;
+      loc.length = e.length;
+      loc.raw_length = e.raw_length;
+      loc.compression = e.compression;
+      blobs.emplace_back(e.id, loc);
+    }
+    ++r.packs;
+    r.blobs += header->size();
+    if (progress && r.packs % 100 == 0) progress("read " + std::to_string(r.packs) + " of " + std::to_string(packs->size()) + " pack headers");
+  });
   std::sort(r.unreadable.begin(), r.unreadable.end());
   std::vector<std::string> remove;
   for (const auto& f : *old) remove.push_back(f.name);

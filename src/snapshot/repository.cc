@@ -216,20 +216,14 @@ void Repository::StartFileFetch() {
           budget -= fi.size;
           names.push_back(fi.name);
         }
-        std::atomic<size_t> next{0};
         std::mutex got_mu;
-        auto work = [&] {
-          for (size_t k; !f->stop && (k = next++) < names.size();) {
-            auto data = b->Load({FileFetch::kTypes[i], names[k]});
-            if (!data) continue;  // loaded again, and its error reported, by whoever needs it
-            std::lock_guard l(got_mu);
-            got.emplace(names[k], std::move(*data));
-          }
-        };
-        std::vector<std::thread> helpers;
-        for (size_t n = 1; n < std::min(parallel, names.size()); ++n) helpers.emplace_back(work);
-        work();
-        for (auto& t : helpers) t.join();
+        ParallelFor(names.size(), parallel, [&](size_t k) {
+          if (f->stop) return;
+          auto data = b->Load({FileFetch::kTypes[i], names[k]});
+          if (!data) return;  // loaded again, and its error reported, by whoever needs it
+          std::lock_guard l(got_mu);
+          got.emplace(names[k], std::move(*data));
+        });
       }
       {
         std::lock_guard l(f->mu);
@@ -868,35 +862,27 @@ void Repository::PrefetchTrees(const Id& root, int parallelism) {
     }
     std::vector<std::pair<Id, std::string>> got;
     std::mutex got_mu;
-    std::atomic<size_t> next{0};
     size_t total = span_packs.size() + singles.size();
-    auto work = [&] {
-      for (size_t k; (k = next++) < total;) {
-        std::vector<std::pair<Id, std::string>> mine;
-        if (k < span_packs.size()) {
-          const auto& trees = trees_by_pack[span_packs[k]];
-          uint64_t lo = trees.front().second.offset, hi = 0;
-          for (const auto& [tid, tl] : trees) hi = std::max<uint64_t>(hi, uint64_t{tl.offset} + tl.length);
-          auto span = backend_->Load({FileType::kPack, IdHex(span_packs[k])}, static_cast<int64_t>(lo), static_cast<int64_t>(hi - lo));
-          if (!span) continue;  // LoadBlob retries each tree and reports errors
-          for (const auto& [tid, tl] : trees) {
-            auto plain = OpenBlob(tid, tl, std::string_view(*span).substr(tl.offset - lo, tl.length));
-            if (plain) mine.emplace_back(tid, std::move(*plain));
-          }
-        } else {
-          const Id& id = singles[k - span_packs.size()];
-          auto plain = LoadBlob(id);
-          if (plain) mine.emplace_back(id, std::move(*plain));
+    ParallelFor(total, static_cast<size_t>(std::max(1, parallelism)), [&](size_t k) {
+      std::vector<std::pair<Id, std::string>> mine;
+      if (k < span_packs.size()) {
+        const auto& trees = trees_by_pack[span_packs[k]];
+        uint64_t lo = trees.front().second.offset, hi = 0;
+        for (const auto& [tid, tl] : trees) hi = std::max<uint64_t>(hi, uint64_t{tl.offset} + tl.length);
+        auto span = backend_->Load({FileType::kPack, IdHex(span_packs[k])}, static_cast<int64_t>(lo), static_cast<int64_t>(hi - lo));
+        if (!span) return;  // LoadBlob retries each tree and reports errors
+        for (const auto& [tid, tl] : trees) {
+          auto plain = OpenBlob(tid, tl, std::string_view(*span).substr(tl.offset - lo, tl.length));
+          if (plain) mine.emplace_back(tid, std::move(*plain));
         }
-        std::lock_guard l(got_mu);
-        for (auto& m : mine) got.push_back(std::move(m));
+      } else {
+        const Id& id = singles[k - span_packs.size()];
+        auto plain = LoadBlob(id);
+        if (plain) mine.emplace_back(id, std::move(*plain));
       }
-    };
-    std::vector<std::thread> threads;
-    size_t n = std::min<size_t>(std::max(1, parallelism), total);
-    for (size_t t = 1; t < n; ++t) threads.emplace_back(work);
-    if (total) work();
-    for (auto& t : threads) t.join();
+      std::lock_guard l(got_mu);
+      for (auto& m : mine) got.push_back(std::move(m));
+    });
     std::vector<Id> below;
     std::lock_guard l(tree_cache_mu_);
     for (auto& [id, blob] : got) tree_cache_.emplace(id, std::move(blob));
